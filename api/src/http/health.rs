@@ -1,0 +1,85 @@
+//! `GET /health` and `GET /api/v1/health`: checks PostgreSQL and Redis for real (with a short
+//! deadline each) and answers 503 in the error envelope when either is down.
+
+use super::error::ApiError;
+use super::response;
+use crate::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use std::time::Duration;
+use tenant_domain::kv;
+
+const CHECK_DEADLINE: Duration = Duration::from_millis(1500);
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// `healthy` or `unhealthy`.
+    pub status: &'static str,
+    pub service: String,
+    pub version: &'static str,
+    pub dependencies: Dependencies,
+    pub metrics: HealthMetrics,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Dependencies {
+    pub database: bool,
+    pub redis: bool,
+    /// `not_configured` until Stripe is set up (local billing mode).
+    pub stripe: &'static str,
+    /// The job queue lives in Redis.
+    pub queue: bool,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthMetrics {
+    pub active_tenants: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "PostgreSQL and Redis answer", body = inline(response::Envelope<Health>)),
+              (status = 503, description = "A dependency is down; `details` holds the health report", body = super::error::ErrorBody)))]
+pub async fn health(State(state): State<AppState>) -> Response {
+    let db_check = async {
+        let q =
+            sqlx::query_scalar::<_, i64>("select count(*) from tenants where status = 'active'").fetch_one(&state.db);
+        tokio::time::timeout(CHECK_DEADLINE, q).await.ok().and_then(Result::ok)
+    };
+    let mut redis = state.redis.clone();
+    let (active, redis_ok) = tokio::join!(db_check, kv::ping(&mut redis, CHECK_DEADLINE));
+    let database = active.is_some();
+    let report = Health {
+        status: if database && redis_ok { "healthy" } else { "unhealthy" },
+        service: state.config.service_name.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        dependencies: Dependencies { database, redis: redis_ok, stripe: "not_configured", queue: redis_ok },
+        metrics: HealthMetrics { active_tenants: active },
+    };
+    if database && redis_ok {
+        response::ok(report)
+    } else {
+        let details = serde_json::to_value(&report).unwrap_or_default();
+        let down: Vec<&str> = [("database", database), ("redis", redis_ok)]
+            .into_iter()
+            .filter_map(|(name, ok)| (!ok).then_some(name))
+            .collect();
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "DEPENDENCY_UNAVAILABLE",
+            format!("unavailable: {}", down.join(", ")),
+        )
+        .with_details(details)
+        .into_response()
+    }
+}
+
+/// `GET /livez`: answers without touching any dependency (for liveness probes and as the
+/// benchmarks' reference for the cheapest possible route).
+#[utoipa::path(get, path = "/livez", tag = "operations", responses((status = 200, description = "The process is up")))]
+pub async fn livez() -> Response {
+    response::ok(serde_json::json!({ "status": "ok" }))
+}

@@ -1,0 +1,125 @@
+//! Prometheus metrics. HTTP metrics are labelled by route *template* (`/api/v1/tenants/{id}`),
+//! never the raw URL, and errors by their code, so label values stay bounded.
+
+use super::error::ErrorCode;
+use crate::AppState;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+use std::time::{Duration, Instant};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub errors: IntCounterVec,
+    pub operations: IntCounterVec,
+    pub operation_duration: HistogramVec,
+    pub cross_tenant_denials: IntCounter,
+    pub active_tenants: IntGauge,
+    pub db_connections: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let latency_buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+        let m = Metrics {
+            http_requests: IntCounterVec::new(
+                Opts::new("http_requests_total", "HTTP requests by method, route template and status"),
+                &["method", "route", "status"],
+            )?,
+            http_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "http_request_duration_seconds",
+                    "HTTP request duration by method and route template",
+                )
+                .buckets(latency_buckets.clone()),
+                &["method", "route"],
+            )?,
+            errors: IntCounterVec::new(Opts::new("tenant_errors_total", "Error responses by error code"), &["code"])?,
+            operations: IntCounterVec::new(
+                Opts::new("tenant_operations_total", "Tenant operations by operation and outcome"),
+                &["operation", "outcome"],
+            )?,
+            operation_duration: HistogramVec::new(
+                HistogramOpts::new("tenant_operation_duration_seconds", "Tenant operation duration")
+                    .buckets(latency_buckets),
+                &["operation"],
+            )?,
+            cross_tenant_denials: IntCounter::new(
+                "tenant_cross_tenant_denials_total",
+                "Requests refused because the token belongs to another tenant",
+            )?,
+            active_tenants: IntGauge::new("tenant_active_count", "Tenants whose status is active")?,
+            db_connections: IntGauge::new("tenant_database_connections_active", "PostgreSQL connections in use")?,
+            registry,
+        };
+        m.registry.register(Box::new(m.http_requests.clone()))?;
+        m.registry.register(Box::new(m.http_duration.clone()))?;
+        m.registry.register(Box::new(m.errors.clone()))?;
+        m.registry.register(Box::new(m.operations.clone()))?;
+        m.registry.register(Box::new(m.operation_duration.clone()))?;
+        m.registry.register(Box::new(m.cross_tenant_denials.clone()))?;
+        m.registry.register(Box::new(m.active_tenants.clone()))?;
+        m.registry.register(Box::new(m.db_connections.clone()))?;
+        Ok(m)
+    }
+
+    /// Counts one tenant operation and its duration.
+    pub fn operation(&self, operation: &str, ok: bool, started: Instant) {
+        let outcome = if ok { "success" } else { "failure" };
+        self.operations.with_label_values(&[operation, outcome]).inc();
+        self.operation_duration.with_label_values(&[operation]).observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Records every request's count and duration and every error's code, and logs each request
+/// (health checks and scrapes at debug level only).
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status();
+    let m = &state.metrics;
+    m.http_requests.with_label_values(&[method.as_str(), &route, status.as_str()]).inc();
+    m.http_duration.with_label_values(&[method.as_str(), &route]).observe(elapsed.as_secs_f64());
+    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+        m.errors.with_label_values(&[code]).inc();
+    }
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    if matches!(route.as_str(), "/health" | "/api/v1/health" | "/metrics") {
+        tracing::debug!(%method, %route, status = status.as_u16(), latency_ms, "request");
+    } else {
+        tracing::info!(%method, %route, status = status.as_u16(), latency_ms, "request");
+    }
+    response
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn scrape(State(state): State<AppState>) -> Response {
+    let m = &state.metrics;
+    let count =
+        sqlx::query_scalar::<_, i64>("select count(*) from tenants where status = 'active'").fetch_one(&state.db);
+    if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), count).await {
+        m.active_tenants.set(n);
+    }
+    let in_use = state.db.size().saturating_sub(u32::try_from(state.db.num_idle()).unwrap_or(u32::MAX));
+    m.db_connections.set(i64::from(in_use));
+    let mut buf = Vec::new();
+    if let Err(err) = TextEncoder::new().encode(&m.registry.gather(), &mut buf) {
+        tracing::error!(error = %err, "could not encode metrics");
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response()
+}

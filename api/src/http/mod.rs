@@ -1,0 +1,90 @@
+//! Everything HTTP: the router, its middleware stack, and one module per resource.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod internal;
+pub mod metrics;
+pub mod openapi;
+pub mod plans;
+pub mod response;
+pub mod tenants;
+pub mod validate;
+
+use crate::AppState;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use error::ApiError;
+use std::sync::Arc;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/tenants", get(tenants::list))
+        .route("/api/v1/tenants/{id}", get(tenants::get).put(tenants::update))
+        .route("/api/v1/tenants/{id}/status", patch(tenants::set_status))
+        .route("/api/v1/plans", get(plans::list));
+
+    let internal = Router::new()
+        .route("/internal/tenants/validate", post(internal::validate))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_service_token));
+
+    let mut operations = Router::new()
+        .route("/health", get(health::health))
+        .route("/api/v1/health", get(health::health))
+        .route("/livez", get(health::livez));
+    if state.config.prometheus_enabled {
+        operations = operations.route("/metrics", get(metrics::scrape));
+    }
+
+    let sensitive: Arc<[HeaderName]> = Arc::new([header::AUTHORIZATION, HeaderName::from_static("x-service-token")]);
+    Router::new()
+        .merge(api)
+        .merge(internal)
+        .merge(operations)
+        .merge(openapi::routes())
+        .fallback(|| async { ApiError::route_not_found() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(make_span).on_request(()).on_response(()).on_failure(()),
+                )
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(CatchPanicLayer::custom(|_| {
+                    ApiError::internal(anyhow::anyhow!("handler panicked")).into_response()
+                }))
+                .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+                .layer(middleware::from_fn_with_state(state.clone(), deadline))
+                .layer(DefaultBodyLimit::max(state.config.body_limit_bytes)),
+        )
+        .with_state(state)
+}
+
+fn make_span(request: &Request) -> tracing::Span {
+    let request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id)
+}
+
+/// Bounds every request by `HTTP_REQUEST_TIMEOUT_MS`, answering 503 in the envelope.
+async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.config.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            ApiError::unavailable("the request timed out", anyhow::anyhow!("request deadline exceeded")).into_response()
+        }
+    }
+}

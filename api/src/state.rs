@@ -1,0 +1,36 @@
+//! Application state: cheap clones of the pools, the config and the metrics registry.
+
+use crate::http::auth::TokenVerifier;
+use crate::http::metrics::Metrics;
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+use std::sync::Arc;
+use tenant_domain::kv::{self, Keys};
+use tenant_domain::{Config, db};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: PgPool,
+    pub redis: ConnectionManager,
+    pub keys: Keys,
+    pub metrics: Arc<Metrics>,
+    pub tokens: Arc<TokenVerifier>,
+}
+
+impl AppState {
+    /// Builds the state without touching the network: PostgreSQL and Redis connect on first use.
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        let db = db::pool(&config)?;
+        let redis = kv::connect(&config)?;
+        let tokens = Arc::new(TokenVerifier::new(&config));
+        Ok(Self {
+            keys: Keys::new(config.redis_key_prefix.clone()),
+            config: Arc::new(config),
+            db,
+            redis,
+            metrics: Arc::new(Metrics::new()?),
+            tokens,
+        })
+    }
+}

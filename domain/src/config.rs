@@ -1,0 +1,232 @@
+//! Configuration from the environment (a `.env` file is honoured), loaded once at start and
+//! validated: a bad value fails start with one line naming the variable. Secret values are kept
+//! in [`Secret`] so `Debug` can't print them, and are never echoed in an error.
+
+use crate::secret::Secret;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub service_name: String,
+    pub environment: String,
+    pub host: String,
+    pub port: u16,
+    pub database_url: Secret<String>,
+    pub db_pool_size: u32,
+    pub db_acquire_timeout: Duration,
+    pub redis_url: Secret<String>,
+    /// Prefix of every Redis key this service writes, so several deployments (or tests) can
+    /// share one Redis.
+    pub redis_key_prefix: String,
+    pub redis_response_timeout: Duration,
+    pub tenant_config_ttl: Duration,
+    pub jwt_secret: Secret<String>,
+    pub service_tokens: Vec<Secret<String>>,
+    pub log_format: LogFormat,
+    pub migrate_on_start: bool,
+    pub prometheus_enabled: bool,
+    pub body_limit_bytes: usize,
+    pub request_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+/// A configuration variable that is missing or malformed.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+impl Config {
+    /// Reads the process environment, after loading `.env` if there is one.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup`, so tests can build one without touching the
+    /// process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(&lookup);
+        let service_tokens: Vec<Secret<String>> = env
+            .get("SERVICE_TOKENS")
+            .or_else(|| env.get("SERVICE_TOKEN"))
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| Secret::new(t.to_owned()))
+            .collect();
+        if service_tokens.is_empty() {
+            return Err(ConfigError::new("SERVICE_TOKENS", "required: one or more comma-separated service tokens"));
+        }
+        if service_tokens.iter().any(|t| t.expose().len() < 16) {
+            return Err(ConfigError::new("SERVICE_TOKENS", "each token must be at least 16 characters"));
+        }
+        let jwt_secret = env.required_secret("JWT_SECRET")?;
+        if jwt_secret.expose().len() < 32 {
+            return Err(ConfigError::new("JWT_SECRET", "must be at least 32 characters"));
+        }
+        let db_pool_size: u32 = env.parse_in("TENANT_DB_POOL_SIZE", 20, 1..=1000)?;
+        let db_max: u32 = env.parse_in("TENANT_DB_MAX_CONNECTIONS", 50, 1..=10_000)?;
+        if db_pool_size > db_max {
+            return Err(ConfigError::new(
+                "TENANT_DB_POOL_SIZE",
+                format!("{db_pool_size} exceeds TENANT_DB_MAX_CONNECTIONS ({db_max})"),
+            ));
+        }
+        let log_format = match env.get("LOG_FORMAT").as_deref() {
+            None | Some("pretty") | Some("text") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::new("LOG_FORMAT", format!("expected `json` or `pretty`, got {other:?}")));
+            }
+        };
+        let database_url = env.required_secret("DATABASE_URL")?;
+        if !database_url.expose().starts_with("postgres://") && !database_url.expose().starts_with("postgresql://") {
+            return Err(ConfigError::new("DATABASE_URL", "must be a postgres:// or postgresql:// URL"));
+        }
+        let redis_url = env.required_secret("REDIS_URL")?;
+        if !redis_url.expose().starts_with("redis://") && !redis_url.expose().starts_with("rediss://") {
+            return Err(ConfigError::new("REDIS_URL", "must be a redis:// or rediss:// URL"));
+        }
+        if let Some(tz) = env.get("USAGE_CALCULATION_TIMEZONE")
+            && tz != "UTC"
+        {
+            return Err(ConfigError::new("USAGE_CALCULATION_TIMEZONE", format!("only UTC is supported, got {tz:?}")));
+        }
+        Ok(Config {
+            service_name: env.get("SERVICE_NAME").unwrap_or_else(|| "tenant-management-service".into()),
+            environment: env.get("APP_ENV").or_else(|| env.get("NODE_ENV")).unwrap_or_else(|| "development".into()),
+            host: env.get("SERVICE_HOST").unwrap_or_else(|| "0.0.0.0".into()),
+            port: env.parse_in("SERVICE_PORT", 3004, 0..=65535)?,
+            database_url,
+            db_pool_size,
+            db_acquire_timeout: Duration::from_millis(env.parse_in("TENANT_DB_TIMEOUT", 2000, 1..=600_000)?),
+            redis_url,
+            redis_key_prefix: env.get("REDIS_KEY_PREFIX").unwrap_or_else(|| "tenant:".into()),
+            redis_response_timeout: Duration::from_millis(env.parse_in(
+                "REDIS_RESPONSE_TIMEOUT_MS",
+                2000,
+                1..=600_000,
+            )?),
+            tenant_config_ttl: Duration::from_secs(env.parse_in("REDIS_TENANT_CONFIG_TTL", 1800, 1..=31_536_000)?),
+            jwt_secret,
+            service_tokens,
+            log_format,
+            migrate_on_start: env.parse_bool("MIGRATE_ON_START", true)?,
+            prometheus_enabled: env.parse_bool("PROMETHEUS_ENABLED", true)?,
+            body_limit_bytes: 1024 * 1024,
+            request_timeout: Duration::from_millis(env.parse_in("HTTP_REQUEST_TIMEOUT_MS", 30_000, 1..=600_000)?),
+            shutdown_timeout: Duration::from_secs(env.parse_in("SHUTDOWN_TIMEOUT_SECS", 30, 0..=3600)?),
+        })
+    }
+}
+
+impl ConfigError {
+    fn new(var: &'static str, message: impl Into<String>) -> Self {
+        Self { var, message: message.into() }
+    }
+}
+
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    }
+
+    fn required_secret(&self, name: &'static str) -> Result<Secret<String>, ConfigError> {
+        self.get(name).map(Secret::new).ok_or_else(|| ConfigError::new(name, "required but not set"))
+    }
+
+    fn parse_in<T>(&self, name: &'static str, default: T, range: std::ops::RangeInclusive<T>) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + fmt::Display + Copy,
+    {
+        let Some(raw) = self.get(name) else { return Ok(default) };
+        match raw.parse::<T>() {
+            Ok(v) if range.contains(&v) => Ok(v),
+            _ => Err(ConfigError::new(
+                name,
+                format!("expected a whole number from {} to {}, got {raw:?}", range.start(), range.end()),
+            )),
+        }
+    }
+
+    fn parse_bool(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(name).map(|v| v.to_ascii_lowercase()).as_deref() {
+            None => Ok(default),
+            Some("true" | "1" | "yes" | "on") => Ok(true),
+            Some("false" | "0" | "no" | "off") => Ok(false),
+            Some(other) => Err(ConfigError::new(name, format!("expected true or false, got {other:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn base() -> HashMap<&'static str, String> {
+        HashMap::from([
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1/x".to_string()),
+            ("REDIS_URL", "redis://127.0.0.1:6379/".to_string()),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef-very-secret".to_string()),
+            ("SERVICE_TOKENS", "token-one-0123456789, token-two-0123456789".to_string()),
+        ])
+    }
+
+    fn load(vars: &HashMap<&'static str, String>) -> Result<Config, ConfigError> {
+        Config::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_apply_and_tokens_split() {
+        let c = load(&base()).expect("valid");
+        assert_eq!(c.port, 3004);
+        assert_eq!(c.service_tokens.len(), 2);
+        assert_eq!(c.service_tokens[1].expose(), "token-two-0123456789");
+        assert_eq!(c.tenant_config_ttl, Duration::from_secs(1800));
+        assert_eq!(c.log_format, LogFormat::Pretty);
+        assert!(c.migrate_on_start);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let mut vars = base();
+        vars.insert("SERVICE_PORT", "abc".into());
+        let err = load(&vars).expect_err("port is bad").to_string();
+        assert!(err.contains("SERVICE_PORT") && err.contains("\"abc\""), "{err}");
+
+        let mut vars = base();
+        vars.insert("MIGRATE_ON_START", "maybe".into());
+        assert_eq!(load(&vars).expect_err("bool is bad").var, "MIGRATE_ON_START");
+
+        let mut vars = base();
+        vars.remove("REDIS_URL");
+        assert_eq!(load(&vars).expect_err("missing").var, "REDIS_URL");
+    }
+
+    #[test]
+    fn secrets_are_not_echoed_in_errors_or_debug() {
+        let mut vars = base();
+        vars.insert("JWT_SECRET", "short-secret-xyz".into());
+        let err = load(&vars).expect_err("too short").to_string();
+        assert!(err.contains("JWT_SECRET") && !err.contains("short-secret-xyz"), "{err}");
+
+        let c = load(&base()).expect("valid");
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("very-secret") && !debug.contains("token-one"), "{debug}");
+    }
+}

@@ -1,0 +1,23 @@
+#![forbid(unsafe_code)]
+//! The domain of the tenant management service, shared by the API and the workers: configuration,
+//! typed ids, the PostgreSQL store (with row-level security), the Redis connection, and the
+//! business rules (tenant state machine, plans) that both binaries must agree on.
+
+pub mod audit;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod events;
+pub mod ids;
+pub mod kv;
+pub mod plans;
+pub mod secret;
+pub mod status;
+pub mod telemetry;
+pub mod tenants;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use ids::{JobId, PlanId, TenantId};
+pub use secret::Secret;
+pub use status::TenantStatus;

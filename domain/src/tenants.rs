@@ -1,0 +1,313 @@
+//! Tenants: the store functions behind the tenant API. Platform-wide reads use the owner pool;
+//! reads of one tenant's scoped rows (quotas) go through [`crate::db::begin_tenant`].
+
+use crate::audit::{self, Actor};
+use crate::{Error, PlanId, Result, TenantId, TenantStatus, db, events};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgExecutor, PgPool};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub slug: String,
+    pub domain: Option<String>,
+    pub status: TenantStatus,
+    pub status_reason: Option<String>,
+    pub plan_id: PlanId,
+    pub owner_id: Uuid,
+    pub owner_email: Option<String>,
+    #[schema(value_type = Object)]
+    pub settings: Value,
+    /// Per-tenant feature overrides on top of the plan's defaults.
+    #[schema(value_type = Object)]
+    pub features: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub suspended_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, name, slug, domain, status, status_reason, plan_id, owner_id, owner_email, \
+    settings, features, created_at, updated_at, suspended_at, deleted_at, expires_at";
+
+/// A tenant's quota row as stored (limits; live usage comes from Redis).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaRow {
+    pub resource_type: String,
+    pub limit_value: i64,
+    pub used_value: i64,
+    pub unit: String,
+    pub reset_period: String,
+    pub last_reset_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<TenantStatus>,
+    /// Free text; every word must prefix-match the name, slug or domain.
+    pub q: Option<String>,
+    pub plan_id: Option<PlanId>,
+    /// Restricts the list to one tenant (for callers that may only see their own).
+    pub only: Option<TenantId>,
+    pub page: u32,
+    pub limit: u32,
+}
+
+/// Turns free text into a prefix-matching `tsquery` (`acme corp` → `acme:* & corp:*`), dropping
+/// everything but letters and digits so user input can't form tsquery syntax.
+pub fn to_prefix_tsquery(q: &str) -> Option<String> {
+    let terms: Vec<String> = q
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .take(16)
+        .map(|t| format!("{}:*", t.to_lowercase()))
+        .collect();
+    (!terms.is_empty()).then(|| terms.join(" & "))
+}
+
+pub async fn list(db: &PgPool, filter: &ListFilter) -> Result<(Vec<Tenant>, i64)> {
+    let tsquery = filter.q.as_deref().and_then(to_prefix_tsquery);
+    let offset = i64::from(filter.page.saturating_sub(1)) * i64::from(filter.limit);
+    let conditions = "($1::tenant_status_enum is null or status = $1) \
+        and ($2::text is null or search @@ to_tsquery('simple', $2)) \
+        and ($3::uuid is null or plan_id = $3) \
+        and ($4::uuid is null or id = $4)";
+    let total: i64 = sqlx::query_scalar(&format!("select count(*) from tenants where {conditions}"))
+        .bind(filter.status)
+        .bind(&tsquery)
+        .bind(filter.plan_id)
+        .bind(filter.only)
+        .fetch_one(db)
+        .await?;
+    let sql = format!(
+        "select {COLUMNS} from tenants where {conditions} \
+         order by case when $2::text is null then 0 else ts_rank(search, to_tsquery('simple', $2)) end desc, \
+                  created_at desc, id desc \
+         limit $5 offset $6"
+    );
+    let rows = sqlx::query_as(&sql)
+        .bind(filter.status)
+        .bind(&tsquery)
+        .bind(filter.plan_id)
+        .bind(filter.only)
+        .bind(i64::from(filter.limit))
+        .bind(offset)
+        .fetch_all(db)
+        .await?;
+    Ok((rows, total))
+}
+
+pub async fn get(db: impl PgExecutor<'_>, id: TenantId) -> Result<Tenant> {
+    sqlx::query_as(&format!("select {COLUMNS} from tenants where id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await?
+        .ok_or_else(Error::tenant_not_found)
+}
+
+async fn get_for_update(conn: &mut PgConnection, id: TenantId) -> Result<Tenant> {
+    sqlx::query_as(&format!("select {COLUMNS} from tenants where id = $1 for update"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(Error::tenant_not_found)
+}
+
+/// Finds a live (not deleted) tenant by slug or by domain.
+pub async fn find_by_slug_or_domain(
+    db: impl PgExecutor<'_>,
+    slug: Option<&str>,
+    domain: Option<&str>,
+) -> Result<Tenant> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from tenants where status <> 'deleted' \
+         and (slug = $1 or lower(domain) = lower($2)) limit 1"
+    ))
+    .bind(slug)
+    .bind(domain)
+    .fetch_optional(db)
+    .await?
+    .ok_or_else(Error::tenant_not_found)
+}
+
+/// The tenant's quota rows, read under row-level security as the tenant itself.
+pub async fn quotas(db: &PgPool, id: TenantId) -> Result<Vec<QuotaRow>> {
+    let mut tx = db::begin_tenant(db, id).await?;
+    let rows = sqlx::query_as(
+        "select resource_type, limit_value, used_value, unit, reset_period::text as reset_period, last_reset_at \
+         from tenant_quotas order by resource_type",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    pub id: TenantId,
+    pub name: String,
+    pub slug: String,
+    pub domain: Option<String>,
+    pub status: TenantStatus,
+    pub plan_id: PlanId,
+    pub owner_id: Uuid,
+    pub owner_email: Option<String>,
+    pub settings: Value,
+    pub features: Value,
+}
+
+pub async fn insert(db: impl PgExecutor<'_>, new: &NewTenant) -> Result<Tenant> {
+    sqlx::query_as(&format!(
+        "insert into tenants (id, name, slug, domain, status, plan_id, owner_id, owner_email, settings, features) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) returning {COLUMNS}"
+    ))
+    .bind(new.id)
+    .bind(&new.name)
+    .bind(&new.slug)
+    .bind(&new.domain)
+    .bind(new.status)
+    .bind(new.plan_id)
+    .bind(new.owner_id)
+    .bind(&new.owner_email)
+    .bind(&new.settings)
+    .bind(&new.features)
+    .fetch_one(db)
+    .await
+    .map_err(Error::from_db)
+}
+
+/// A partial update: `None` leaves a field as it is; `domain: Some(None)` clears the domain.
+#[derive(Debug, Clone, Default)]
+pub struct TenantUpdate {
+    pub name: Option<String>,
+    pub domain: Option<Option<String>>,
+    pub settings: Option<Value>,
+    pub owner_id: Option<Uuid>,
+}
+
+/// Who asks for a change and under which request, for the audit log.
+#[derive(Debug, Clone)]
+pub struct ChangeContext {
+    pub actor: Actor,
+    pub request_id: Option<String>,
+}
+
+pub async fn update(db: &PgPool, id: TenantId, change: &TenantUpdate, ctx: &ChangeContext) -> Result<Tenant> {
+    let mut tx = db.begin().await?;
+    let old = get_for_update(&mut tx, id).await?;
+    if matches!(old.status, TenantStatus::Deleting | TenantStatus::Deleted) {
+        return Err(Error::InvalidState { message: format!("a {} tenant cannot be changed", old.status.as_str()) });
+    }
+    let new: Tenant = sqlx::query_as(&format!(
+        "update tenants set name = coalesce($2, name), \
+             domain = case when $3 then $4 else domain end, \
+             settings = coalesce($5, settings), owner_id = coalesce($6, owner_id), updated_at = now() \
+         where id = $1 returning {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(&change.name)
+    .bind(change.domain.is_some())
+    .bind(change.domain.clone().flatten())
+    .bind(&change.settings)
+    .bind(change.owner_id)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(Error::from_db)?;
+    let (before, after) = (editable_view(&old), editable_view(&new));
+    if before != after {
+        audit::record(
+            &mut *tx,
+            audit::Entry {
+                tenant: Some(id),
+                actor: &ctx.actor,
+                action: "tenant.update",
+                resource: Some(format!("tenants/{id}")),
+                old_value: Some(before),
+                new_value: Some(after.clone()),
+                request_id: ctx.request_id.as_deref(),
+            },
+        )
+        .await?;
+        events::record(&mut *tx, id, events::TENANT_UPDATED, after).await?;
+    }
+    tx.commit().await?;
+    Ok(new)
+}
+
+fn editable_view(t: &Tenant) -> Value {
+    json!({ "name": t.name, "domain": t.domain, "settings": t.settings, "ownerId": t.owner_id })
+}
+
+/// An administrator's lifecycle move (suspend / reactivate). Any move the lifecycle or the
+/// administrator may not make is [`Error::InvalidState`].
+pub async fn set_status(
+    db: &PgPool,
+    id: TenantId,
+    to: TenantStatus,
+    reason: Option<&str>,
+    ctx: &ChangeContext,
+) -> Result<Tenant> {
+    let mut tx = db.begin().await?;
+    let old = get_for_update(&mut tx, id).await?;
+    if old.status == to {
+        return Ok(old);
+    }
+    if !old.status.can_be_set_by_admin(to) {
+        return Err(Error::InvalidState {
+            message: format!("cannot move a tenant from {} to {}", old.status.as_str(), to.as_str()),
+        });
+    }
+    let new: Tenant = sqlx::query_as(&format!(
+        "update tenants set status = $2, status_reason = $3, updated_at = now(), \
+             suspended_at = case when $2 = 'suspended'::tenant_status_enum then now() else null end \
+         where id = $1 returning {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(to)
+    .bind(reason)
+    .fetch_one(&mut *tx)
+    .await?;
+    audit::record(
+        &mut *tx,
+        audit::Entry {
+            tenant: Some(id),
+            actor: &ctx.actor,
+            action: "tenant.status_change",
+            resource: Some(format!("tenants/{id}")),
+            old_value: Some(json!({ "status": old.status })),
+            new_value: Some(json!({ "status": to, "reason": reason })),
+            request_id: ctx.request_id.as_deref(),
+        },
+    )
+    .await?;
+    events::record(
+        &mut *tx,
+        id,
+        events::TENANT_STATUS_CHANGED,
+        json!({ "from": old.status, "to": to, "reason": reason }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_prefix_tsquery;
+
+    #[test]
+    fn free_text_becomes_a_safe_prefix_query() {
+        assert_eq!(to_prefix_tsquery("Acme corp").as_deref(), Some("acme:* & corp:*"));
+        assert_eq!(to_prefix_tsquery("acme-corp.io").as_deref(), Some("acme:* & corp:* & io:*"));
+        assert_eq!(to_prefix_tsquery("a' | !b:*").as_deref(), Some("a:* & b:*"));
+        assert_eq!(to_prefix_tsquery(" &|! "), None);
+    }
+}
