@@ -7,6 +7,7 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use tenant_domain::kv::{self, Keys};
 use tenant_domain::{Config, db};
+use tenant_jobs::Queue;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -16,6 +17,7 @@ pub struct AppState {
     pub keys: Keys,
     pub metrics: Arc<Metrics>,
     pub tokens: Arc<TokenVerifier>,
+    pub queue: Queue,
 }
 
 impl AppState {
@@ -24,7 +26,9 @@ impl AppState {
         let db = db::pool(&config)?;
         let redis = kv::connect(&config)?;
         let tokens = Arc::new(TokenVerifier::new(&config));
+        let queue = Queue::new(redis.clone(), &config.redis_key_prefix, config.jobs.clone());
         Ok(Self {
+            queue,
             keys: Keys::new(config.redis_key_prefix.clone()),
             config: Arc::new(config),
             db,

@@ -36,6 +36,69 @@ pub struct Config {
     pub body_limit_bytes: usize,
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub jobs: JobSettings,
+    pub mail: MailSettings,
+    pub backup: BackupSettings,
+}
+
+/// How jobs are delivered, leased, retried and reconciled.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    /// Jobs of one kind a worker process runs at once.
+    pub concurrency: usize,
+    /// Attempts before a transient failure counts as permanent (and the saga compensates).
+    pub max_attempts: i32,
+    /// How long a worker's claim on a job row lasts without renewal.
+    pub lease: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// apalis-redis heartbeat; a worker silent for `heartbeat × missed_heartbeats` has its
+    /// deliveries handed to others.
+    pub heartbeat: Duration,
+    pub missed_heartbeats: usize,
+    /// How often an idle worker polls Redis for new deliveries.
+    pub poll_interval: Duration,
+    pub reconcile_interval: Duration,
+    /// A queued job whose delivery Redis no longer holds is re-pushed once it is this old.
+    pub reconcile_stale_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    None,
+    StartTls,
+    Tls,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<Secret<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MailSettings {
+    /// `None`: mails are written as `.eml` files under `dir` instead of being sent.
+    pub smtp: Option<SmtpSettings>,
+    pub from: String,
+    pub dir: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupSettings {
+    /// Local directory of the backup store (when no S3 bucket is configured).
+    pub dir: String,
+    /// S3-compatible bucket (needs the `s3` build feature); credentials from the usual AWS_* vars.
+    pub s3_bucket: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    /// AES-256-GCM key of the archives.
+    pub key: Secret<[u8; 32]>,
+    /// Stored with every archive, so keys can rotate.
+    pub key_id: String,
 }
 
 /// A configuration variable that is missing or malformed.
@@ -128,6 +191,58 @@ impl Config {
             body_limit_bytes: 1024 * 1024,
             request_timeout: Duration::from_millis(env.parse_in("HTTP_REQUEST_TIMEOUT_MS", 30_000, 1..=600_000)?),
             shutdown_timeout: Duration::from_secs(env.parse_in("SHUTDOWN_TIMEOUT_SECS", 30, 0..=3600)?),
+            jobs: JobSettings {
+                concurrency: env.parse_in("WORKER_CONCURRENCY", 4, 1..=256)?,
+                max_attempts: env.parse_in("JOB_MAX_ATTEMPTS", 8, 1..=100)?,
+                lease: Duration::from_secs(env.parse_in("JOB_LEASE_SECS", 30, 2..=3600)?),
+                backoff_base: Duration::from_millis(env.parse_in("JOB_BACKOFF_BASE_MS", 1000, 1..=3_600_000)?),
+                backoff_max: Duration::from_millis(env.parse_in("JOB_BACKOFF_MAX_MS", 60_000, 1..=86_400_000)?),
+                heartbeat: Duration::from_secs(env.parse_in("QUEUE_HEARTBEAT_SECS", 5, 1..=300)?),
+                missed_heartbeats: env.parse_in("QUEUE_MISSED_HEARTBEATS", 3, 1..=100)?,
+                poll_interval: Duration::from_millis(env.parse_in("QUEUE_POLL_MS", 200, 10..=60_000)?),
+                reconcile_interval: Duration::from_millis(env.parse_in(
+                    "RECONCILE_INTERVAL_MS",
+                    10_000,
+                    100..=3_600_000,
+                )?),
+                reconcile_stale_after: Duration::from_millis(env.parse_in(
+                    "RECONCILE_STALE_MS",
+                    30_000,
+                    100..=86_400_000,
+                )?),
+            },
+            mail: MailSettings {
+                smtp: match env.get("SMTP_HOST") {
+                    None => None,
+                    Some(host) => Some(SmtpSettings {
+                        host,
+                        port: env.parse_in("SMTP_PORT", 587, 1..=65535)?,
+                        tls: match env.get("SMTP_TLS").as_deref() {
+                            None | Some("starttls") => SmtpTls::StartTls,
+                            Some("tls") => SmtpTls::Tls,
+                            Some("none") => SmtpTls::None,
+                            Some(other) => {
+                                return Err(ConfigError::new(
+                                    "SMTP_TLS",
+                                    format!("expected starttls, tls or none, got {other:?}"),
+                                ));
+                            }
+                        },
+                        username: env.get("SMTP_USERNAME"),
+                        password: env.get("SMTP_PASSWORD").map(Secret::new),
+                    }),
+                },
+                from: env.get("SMTP_FROM").unwrap_or_else(|| "Tenant Service <no-reply@tenant-service.local>".into()),
+                dir: env.get("MAIL_DIR").unwrap_or_else(|| "data/mail".into()),
+            },
+            backup: BackupSettings {
+                dir: env.get("BACKUP_DIR").unwrap_or_else(|| "data/backups".into()),
+                s3_bucket: env.get("BACKUP_S3_BUCKET"),
+                s3_endpoint: env.get("BACKUP_S3_ENDPOINT"),
+                s3_region: env.get("BACKUP_S3_REGION"),
+                key: env.key32("BACKUP_ENCRYPTION_KEY")?,
+                key_id: env.get("BACKUP_ENCRYPTION_KEY_ID").unwrap_or_else(|| "k1".into()),
+            },
         })
     }
 }
@@ -163,6 +278,19 @@ impl Env<'_> {
         }
     }
 
+    /// A required 32-byte key, given as base64.
+    fn key32(&self, name: &'static str) -> Result<Secret<[u8; 32]>, ConfigError> {
+        use base64::Engine as _;
+        let raw = self.get(name).ok_or_else(|| {
+            ConfigError::new(name, "required: 32 random bytes as base64 (e.g. `openssl rand -base64 32`)")
+        })?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(raw.as_bytes())
+            .map_err(|_| ConfigError::new(name, "not valid base64"))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|_| ConfigError::new(name, "must decode to exactly 32 bytes"))?;
+        Ok(Secret::new(key))
+    }
+
     fn parse_bool(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
         match self.get(name).map(|v| v.to_ascii_lowercase()).as_deref() {
             None => Ok(default),
@@ -184,6 +312,7 @@ mod tests {
             ("REDIS_URL", "redis://127.0.0.1:6379/".to_string()),
             ("JWT_SECRET", "0123456789abcdef0123456789abcdef-very-secret".to_string()),
             ("SERVICE_TOKENS", "token-one-0123456789, token-two-0123456789".to_string()),
+            ("BACKUP_ENCRYPTION_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_string()),
         ])
     }
 
@@ -212,6 +341,12 @@ mod tests {
         let mut vars = base();
         vars.insert("MIGRATE_ON_START", "maybe".into());
         assert_eq!(load(&vars).expect_err("bool is bad").var, "MIGRATE_ON_START");
+
+        let mut vars = base();
+        vars.insert("BACKUP_ENCRYPTION_KEY", "c2hvcnQ=".into());
+        let err = load(&vars).expect_err("key too short");
+        assert_eq!(err.var, "BACKUP_ENCRYPTION_KEY");
+        assert!(err.message.contains("32 bytes"), "{err}");
 
         let mut vars = base();
         vars.remove("REDIS_URL");

@@ -4,16 +4,24 @@
 //! business rules (tenant state machine, plans) that both binaries must agree on.
 
 pub mod audit;
+pub mod backup;
+pub mod billing;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod external;
 pub mod ids;
+pub mod jobs;
 pub mod kv;
+pub mod mail;
 pub mod plans;
+pub mod quotas;
 pub mod secret;
 pub mod status;
 pub mod telemetry;
+pub mod tenant_config;
+pub mod tenant_schema;
 pub mod tenants;
 
 pub use config::Config;

@@ -1,5 +1,6 @@
 //! The tenant lifecycle: `provisioning → active ⇄ suspended → deleting → deleted`, and `failed`
-//! when provisioning fails for good. Every other move is refused.
+//! when provisioning fails for good; a restore takes a `deleted` tenant back to `provisioning`.
+//! Every other move is refused.
 
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +50,7 @@ impl TenantStatus {
                 | (Suspended, Deleting)
                 | (Failed, Deleting)
                 | (Deleting, Deleted)
+                | (Deleted, Provisioning)
         )
     }
 
@@ -75,6 +77,7 @@ mod tests {
             (Suspended, Deleting),
             (Failed, Deleting),
             (Deleting, Deleted),
+            (Deleted, Provisioning),
         ];
         for from in TenantStatus::ALL {
             for to in TenantStatus::ALL {

@@ -112,7 +112,8 @@ pub async fn get(db: impl PgExecutor<'_>, id: TenantId) -> Result<Tenant> {
         .ok_or_else(Error::tenant_not_found)
 }
 
-async fn get_for_update(conn: &mut PgConnection, id: TenantId) -> Result<Tenant> {
+/// Reads the tenant and locks its row until the transaction ends.
+pub async fn get_for_update(conn: &mut PgConnection, id: TenantId) -> Result<Tenant> {
     sqlx::query_as(&format!("select {COLUMNS} from tenants where id = $1 for update"))
         .bind(id)
         .fetch_optional(conn)
@@ -296,6 +297,65 @@ pub async fn set_status(
     )
     .await?;
     tx.commit().await?;
+    Ok(new)
+}
+
+/// Moves the tenant to `deleting` (from active, suspended or failed), in the caller's
+/// transaction; returns the status it had.
+pub async fn mark_deleting(
+    conn: &mut PgConnection,
+    id: TenantId,
+    ctx: &ChangeContext,
+) -> Result<(TenantStatus, Tenant)> {
+    let old = get_for_update(conn, id).await?;
+    if !old.status.can_become(TenantStatus::Deleting) {
+        return Err(Error::InvalidState { message: format!("a {} tenant cannot be deleted", old.status.as_str()) });
+    }
+    let tenant = move_status(conn, &old, TenantStatus::Deleting, ctx, "tenant.delete_requested").await?;
+    Ok((old.status, tenant))
+}
+
+/// Moves a `deleted` tenant back to `provisioning` for a restore, in the caller's transaction.
+/// Refused if another live tenant has taken its slug or domain meanwhile.
+pub async fn mark_restoring(conn: &mut PgConnection, id: TenantId, ctx: &ChangeContext) -> Result<Tenant> {
+    let old = get_for_update(conn, id).await?;
+    if old.status != TenantStatus::Deleted {
+        return Err(Error::InvalidState {
+            message: format!("only a deleted tenant can be restored; this one is {}", old.status.as_str()),
+        });
+    }
+    move_status(conn, &old, TenantStatus::Provisioning, ctx, "tenant.restore_requested").await
+}
+
+async fn move_status(
+    conn: &mut PgConnection,
+    old: &Tenant,
+    to: TenantStatus,
+    ctx: &ChangeContext,
+    action: &str,
+) -> Result<Tenant> {
+    let new: Tenant = sqlx::query_as(&format!(
+        "update tenants set status = $2, status_reason = null, updated_at = now() where id = $1 returning {COLUMNS}"
+    ))
+    .bind(old.id)
+    .bind(to)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(Error::from_db)?;
+    audit::record(
+        &mut *conn,
+        audit::Entry {
+            tenant: Some(old.id),
+            actor: &ctx.actor,
+            action,
+            resource: Some(format!("tenants/{}", old.id)),
+            old_value: Some(json!({ "status": old.status })),
+            new_value: Some(json!({ "status": to })),
+            request_id: ctx.request_id.as_deref(),
+        },
+    )
+    .await?;
+    events::record(&mut *conn, old.id, events::TENANT_STATUS_CHANGED, json!({ "from": old.status, "to": to })).await?;
     Ok(new)
 }
 

@@ -1,14 +1,25 @@
 #![forbid(unsafe_code)]
-//! Job payloads, their queue names and the saga steps the workers run. Payloads are small and
-//! versioned: ids, not state — a handler reloads what it needs, and a version bump in the queue
-//! name keeps an old payload from becoming a poison pill after a deploy.
+//! Jobs: their kinds and payloads, the queue they travel on, the saga engine that runs them, and
+//! one module per saga.
 //!
-//! Status: the job kinds arrive with the lifecycle issue; this crate holds their names so the API
-//! and the worker agree on them.
+//! Design. The `jobs` row in PostgreSQL is the source of truth (status, attempts, per-step
+//! progress, result, error); Redis (apalis-redis) only carries *deliveries*: a small message
+//! `{jobId}` under a fresh task id per push. A worker claims the row with a lease before running
+//! anything, so a duplicate delivery (apalis delivers at least once) finds the row leased or done
+//! and is acknowledged without effect. Retries are new deliveries scheduled with our own
+//! exponential backoff; the reconciler in the worker re-pushes jobs whose delivery Redis lost.
+//! Every step is idempotent and every external side effect carries an idempotency key derived
+//! from job id + step, so resuming after a crash never does anything twice.
 
-/// The queue (and job-row `kind`) names, versioned.
-pub mod kinds {
-    pub const PROVISION_TENANT: &str = "provision_tenant:v1";
-    pub const DELETE_TENANT: &str = "delete_tenant:v1";
-    pub const RESTORE_TENANT: &str = "restore_tenant:v1";
-}
+pub mod context;
+pub mod delete;
+pub mod engine;
+pub mod kinds;
+pub mod provision;
+pub mod queue;
+pub mod restore;
+
+pub use context::JobContext;
+pub use engine::{Outcome, StepError};
+pub use kinds::{JobKind, JobMessage};
+pub use queue::Queue;

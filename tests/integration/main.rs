@@ -2,6 +2,8 @@
 
 mod auth;
 mod envelope;
+mod lifecycle;
 mod operations;
+mod recovery;
 mod rls;
 mod tenants;

@@ -7,6 +7,8 @@
 //! `redis://127.0.0.1:6379/`) a Redis. `scripts/test` sets both.
 
 pub mod redis_server;
+pub mod smtp_sink;
+pub mod workers;
 
 use anyhow::Context;
 use reqwest::{Method, StatusCode};
@@ -89,12 +91,41 @@ pub fn test_env(database_url: &str) -> HashMap<String, String> {
         ("SERVICE_TOKENS".into(), format!("rotated-out-token-0123456789,{SERVICE_TOKEN}")),
         ("TENANT_DB_POOL_SIZE".into(), "10".into()),
         ("MIGRATE_ON_START".into(), "false".into()),
+        ("BACKUP_ENCRYPTION_KEY".into(), random_key()),
+        ("BACKUP_DIR".into(), scratch_dir("backups")),
+        ("MAIL_DIR".into(), scratch_dir("mail")),
+        // Short timings, so recovery paths run in seconds.
+        ("JOB_LEASE_SECS".into(), "2".into()),
+        ("JOB_BACKOFF_BASE_MS".into(), "100".into()),
+        ("JOB_BACKOFF_MAX_MS".into(), "1000".into()),
+        ("QUEUE_HEARTBEAT_SECS".into(), "1".into()),
+        ("QUEUE_MISSED_HEARTBEATS".into(), "2".into()),
+        ("QUEUE_POLL_MS".into(), "50".into()),
+        ("RECONCILE_INTERVAL_MS".into(), "300".into()),
+        ("RECONCILE_STALE_MS".into(), "1500".into()),
+        ("SHUTDOWN_TIMEOUT_SECS".into(), "5".into()),
+        ("RUST_LOG".into(), "warn".into()),
     ])
+}
+
+fn random_key() -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = Uuid::new_v4().as_bytes().iter().chain(Uuid::new_v4().as_bytes()).copied().collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A fresh directory under the system temp dir.
+pub fn scratch_dir(what: &str) -> String {
+    let dir = std::env::temp_dir().join("tenant-tests").join(format!("{what}-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir.to_string_lossy().into_owned()
 }
 
 /// A running API.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The environment the API was started with (workers started for it get the same).
+    pub env: HashMap<String, String>,
     pub config: Config,
     pub state: AppState,
     /// Owner connection to this test's database (not subject to row-level security).
@@ -123,6 +154,7 @@ impl TestApp {
     /// Starts an API on an existing database (a second replica, say).
     pub async fn start(env: HashMap<String, String>) -> anyhow::Result<Self> {
         let config = Config::from_lookup(|k| env.get(k).cloned())?;
+        let env_copy = env.clone();
         let state = AppState::new(config.clone())?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -137,6 +169,7 @@ impl TestApp {
         let database_url = config.database_url.expose().clone();
         Ok(TestApp {
             addr,
+            env: env_copy,
             db: PgPool::connect_lazy(&database_url)?,
             database_url,
             config,

@@ -4,7 +4,10 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod idempotency;
 pub mod internal;
+pub mod jobs;
+pub mod lifecycle;
 pub mod metrics;
 pub mod openapi;
 pub mod plans;
@@ -31,8 +34,11 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/api/v1/tenants", get(tenants::list))
-        .route("/api/v1/tenants/{id}", get(tenants::get).put(tenants::update))
+        .route("/api/v1/tenants", get(tenants::list).post(lifecycle::create))
+        .route("/api/v1/tenants/restore", post(lifecycle::restore))
+        .route("/api/v1/tenants/{id}", get(tenants::get).put(tenants::update).delete(lifecycle::delete))
+        .route("/api/v1/tenants/{id}/jobs", get(jobs::list_for_tenant))
+        .route("/api/v1/jobs/{id}", get(jobs::get))
         .route("/api/v1/tenants/{id}/status", patch(tenants::set_status))
         .route("/api/v1/plans", get(plans::list));
 

@@ -1,0 +1,334 @@
+//! Job rows: the source of truth for every asynchronous job (Redis only carries delivery).
+//!
+//! A worker *claims* a row before it runs anything: the claim is a lease (`lease_owner`,
+//! `lease_expires_at`) that it renews while it works. Every write a worker makes to the row is
+//! guarded by `lease_owner = me`, so a worker that lost its lease (paused, partitioned) can't
+//! overwrite the progress of the one that took over. apalis-redis delivers at least once; the
+//! lease is what keeps two deliveries of one job from running at the same time.
+
+use crate::{JobId, Result, TenantId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{PgExecutor, PgPool};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
+#[sqlx(type_name = "job_status_enum", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Compensated,
+}
+
+impl JobStatus {
+    pub fn is_final(self) -> bool {
+        matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Compensated)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Compensated,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepRecord {
+    pub name: String,
+    pub status: StepStatus,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    pub id: JobId,
+    pub kind: String,
+    pub status: JobStatus,
+    pub tenant_id: Option<TenantId>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    #[schema(value_type = Vec<StepRecord>)]
+    pub steps: Json<Vec<StepRecord>>,
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    /// `{message, step?}` when the job failed or was compensated (or, while retrying, the last
+    /// transient error).
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<Value>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub payload: Value,
+    #[serde(skip)]
+    pub phase: String,
+}
+
+const COLUMNS: &str = "id, kind, status, tenant_id, attempts, max_attempts, steps, result, error, \
+    next_attempt_at, created_at, updated_at, finished_at, payload, phase";
+
+pub struct NewJob<'a> {
+    pub id: JobId,
+    pub kind: &'a str,
+    pub tenant: Option<TenantId>,
+    pub payload: Value,
+    pub steps: &'a [&'a str],
+    pub max_attempts: i32,
+    pub delivery_id: String,
+}
+
+pub async fn insert(db: impl PgExecutor<'_>, new: NewJob<'_>) -> Result<Job> {
+    let steps: Vec<StepRecord> = new
+        .steps
+        .iter()
+        .map(|name| StepRecord {
+            name: (*name).to_owned(),
+            status: StepStatus::Pending,
+            started_at: None,
+            finished_at: None,
+            error: None,
+        })
+        .collect();
+    Ok(sqlx::query_as(&format!(
+        "insert into jobs (id, kind, tenant_id, payload, steps, max_attempts, delivery_id) \
+         values ($1, $2, $3, $4, $5, $6, $7) returning {COLUMNS}"
+    ))
+    .bind(new.id)
+    .bind(new.kind)
+    .bind(new.tenant)
+    .bind(new.payload)
+    .bind(Json(steps))
+    .bind(new.max_attempts)
+    .bind(new.delivery_id)
+    .fetch_one(db)
+    .await?)
+}
+
+pub async fn get(db: impl PgExecutor<'_>, id: JobId) -> Result<Job> {
+    sqlx::query_as(&format!("select {COLUMNS} from jobs where id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await?
+        .ok_or(crate::Error::NotFound { code: "JOB_NOT_FOUND", what: "job" })
+}
+
+pub async fn list_for_tenant(db: &PgPool, tenant: TenantId, page: u32, limit: u32) -> Result<(Vec<Job>, i64)> {
+    let total: i64 =
+        sqlx::query_scalar("select count(*) from jobs where tenant_id = $1").bind(tenant).fetch_one(db).await?;
+    let rows = sqlx::query_as(&format!(
+        "select {COLUMNS} from jobs where tenant_id = $1 order by created_at desc, id desc limit $2 offset $3"
+    ))
+    .bind(tenant)
+    .bind(i64::from(limit))
+    .bind(i64::from(page.saturating_sub(1)) * i64::from(limit))
+    .fetch_all(db)
+    .await?;
+    Ok((rows, total))
+}
+
+/// Records that a delivery was pushed to Redis.
+pub async fn record_dispatch(db: impl PgExecutor<'_>, id: JobId, delivery_id: &str) -> Result<()> {
+    sqlx::query("update jobs set delivery_id = $2, dispatched_at = now() where id = $1")
+        .bind(id)
+        .bind(delivery_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Takes the lease on a job that is due (queued or retrying), or whose previous holder's lease
+/// ran out. `None`: finished, not due yet, or leased by a live worker.
+pub async fn claim(db: &PgPool, id: JobId, owner: &str, lease: Duration) -> Result<Option<Job>> {
+    Ok(sqlx::query_as(&format!(
+        "update jobs set status = 'running', lease_owner = $2, lease_expires_at = now() + $3, \
+             attempts = attempts + 1, updated_at = now() \
+         where id = $1 and ( \
+             (status in ('queued', 'retrying') and next_attempt_at <= now() + interval '1 second') \
+             or (status = 'running' and lease_expires_at < now())) \
+         returning {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(owner)
+    .bind(lease)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Extends the lease; false when it was lost.
+pub async fn renew(db: &PgPool, id: JobId, owner: &str, lease: Duration) -> Result<bool> {
+    let done = sqlx::query(
+        "update jobs set lease_expires_at = now() + $3 where id = $1 and lease_owner = $2 and status = 'running'",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(lease)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The guarded writes of the lease holder. Each returns false when the lease was lost.
+pub struct Lease<'a> {
+    pub db: &'a PgPool,
+    pub id: JobId,
+    pub owner: &'a str,
+}
+
+impl Lease<'_> {
+    pub async fn step_started(&self, index: usize) -> Result<bool> {
+        self.update_step(index, StepStatus::Running, "startedAt", None, false).await
+    }
+
+    /// Records the end of a step. `Succeeded` clears an earlier attempt's error, `Failed` records
+    /// `error`, and `Compensated` keeps the error that made the saga compensate.
+    pub async fn step_finished(&self, index: usize, status: StepStatus, error: Option<&str>) -> Result<bool> {
+        let touch_error = status != StepStatus::Compensated;
+        self.update_step(index, status, "finishedAt", error, touch_error).await
+    }
+
+    async fn update_step(
+        &self,
+        index: usize,
+        status: StepStatus,
+        stamp: &str,
+        error: Option<&str>,
+        touch_error: bool,
+    ) -> Result<bool> {
+        let status = serde_json::to_value(status).unwrap_or_default();
+        let done = sqlx::query(
+            "update jobs set steps = jsonb_set(steps, array[$3::text], \
+                 (steps -> $3::int) || jsonb_build_object('status', $4::text, $6::text, now()) \
+                     || case when $7 then jsonb_build_object('error', $5::text) else '{}'::jsonb end), \
+                 updated_at = now() \
+             where id = $1 and lease_owner = $2",
+        )
+        .bind(self.id)
+        .bind(self.owner)
+        .bind(i32::try_from(index).unwrap_or(i32::MAX))
+        .bind(status.as_str())
+        .bind(error)
+        .bind(stamp)
+        .bind(touch_error)
+        .execute(self.db)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Switches the saga to compensation, recording why.
+    pub async fn start_compensating(&self, error: &Value) -> Result<bool> {
+        let done = sqlx::query(
+            "update jobs set phase = 'compensating', error = $3, updated_at = now() where id = $1 and lease_owner = $2",
+        )
+        .bind(self.id)
+        .bind(self.owner)
+        .bind(error)
+        .execute(self.db)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives the job back for another attempt at `delay` from now, under a new delivery id.
+    pub async fn retry_later(&self, delay: Duration, error: &Value, delivery_id: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "update jobs set status = 'retrying', lease_owner = null, lease_expires_at = null, \
+                 next_attempt_at = now() + $3, error = $4, delivery_id = $5, dispatched_at = now(), updated_at = now() \
+             where id = $1 and lease_owner = $2",
+        )
+        .bind(self.id)
+        .bind(self.owner)
+        .bind(delay)
+        .bind(error)
+        .bind(delivery_id)
+        .execute(self.db)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives the job back at once (graceful shutdown), without counting the attempt.
+    pub async fn release(&self) -> Result<bool> {
+        let done = sqlx::query(
+            "update jobs set status = 'retrying', lease_owner = null, lease_expires_at = null, \
+                 next_attempt_at = now(), attempts = greatest(attempts - 1, 0), updated_at = now() \
+             where id = $1 and lease_owner = $2",
+        )
+        .bind(self.id)
+        .bind(self.owner)
+        .execute(self.db)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn finish(&self, status: JobStatus, result: Option<&Value>, error: Option<&Value>) -> Result<bool> {
+        let done = sqlx::query(
+            "update jobs set status = $3, result = coalesce($4, result), error = coalesce($5, error), \
+                 lease_owner = null, lease_expires_at = null, finished_at = now(), updated_at = now() \
+             where id = $1 and lease_owner = $2",
+        )
+        .bind(self.id)
+        .bind(self.owner)
+        .bind(status)
+        .bind(result)
+        .bind(error)
+        .execute(self.db)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+/// A job the reconciler should deliver again.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Undelivered {
+    pub id: JobId,
+    pub kind: String,
+    pub delivery_id: Option<String>,
+}
+
+/// Jobs stuck `running` whose lease ran out (their worker died): back to `retrying`.
+pub async fn expire_leases(db: impl PgExecutor<'_>) -> Result<Vec<Undelivered>> {
+    Ok(sqlx::query_as(
+        "update jobs set status = 'retrying', lease_owner = null, lease_expires_at = null, \
+             next_attempt_at = now(), updated_at = now() \
+         where status = 'running' and lease_expires_at < now() \
+         returning id, kind, delivery_id",
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Due jobs whose latest delivery is older than `stale` (the caller checks Redis still holds it).
+pub async fn due_and_stale(db: impl PgExecutor<'_>, stale: Duration, limit: i64) -> Result<Vec<Undelivered>> {
+    Ok(sqlx::query_as(
+        "select id, kind, delivery_id from jobs \
+         where status in ('queued', 'retrying') and next_attempt_at <= now() \
+           and coalesce(dispatched_at, created_at) < now() - $1 \
+         order by next_attempt_at limit $2",
+    )
+    .bind(stale)
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Number of jobs not finished yet, by status (for metrics and health).
+pub async fn open_counts(db: impl PgExecutor<'_>) -> Result<Vec<(JobStatus, i64)>> {
+    Ok(sqlx::query_as(
+        "select status, count(*) from jobs where status in ('queued', 'running', 'retrying') group by status",
+    )
+    .fetch_all(db)
+    .await?)
+}

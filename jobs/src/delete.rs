@@ -1,0 +1,280 @@
+//! `delete_tenant`: back up everything the tenant owns, read the archive back and verify it, and
+//! only then cancel billing, clear Redis, drop the schema and delete the rows. The tenant row
+//! stays, as `deleted`, with `last_backup_id` pointing at the archive (so it can be restored and
+//! the audit trail keeps its subject); its slug and domain become free.
+//!
+//! The backup's id is the job's id, so a retried backup step overwrites its own archive instead
+//! of leaving a second one.
+
+use crate::context::JobContext;
+use crate::engine::{self, Saga, StepError};
+use crate::kinds::JobKind;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tenant_domain::audit::{self, Actor};
+use tenant_domain::backup::{self, BackupStore};
+use tenant_domain::billing::OpenAccount;
+use tenant_domain::jobs::{Job, StepRecord, StepStatus};
+use tenant_domain::mail::{self, OutgoingMail};
+use tenant_domain::tenants::{self, Tenant};
+use tenant_domain::{JobId, TenantId, TenantStatus, events, tenant_schema};
+
+pub const STEPS: &[&str] =
+    &["backup", "verify_backup", "cancel_billing", "clear_cache", "drop_schema", "delete_rows", "finalize", "notify"];
+
+/// The first step that destroys data: once it has run, a failure is not undone (the backup is
+/// the way back) and the tenant stays `deleting` with the reason.
+const FIRST_DESTRUCTIVE: &str = "drop_schema";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeletePayload {
+    pub tenant_id: TenantId,
+    /// The status to return to if the deletion is called off before anything was destroyed.
+    pub previous_status: TenantStatus,
+}
+
+pub struct Delete {
+    job: JobId,
+    tenant: Tenant,
+    previous_status: TenantStatus,
+}
+
+impl Delete {
+    fn backup_id(&self) -> uuid::Uuid {
+        self.job.0
+    }
+
+    fn key(&self, step: &str) -> String {
+        engine::step_key(self.job, step)
+    }
+}
+
+impl Saga for Delete {
+    const KIND: JobKind = JobKind::DeleteTenant;
+
+    async fn load(ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
+        let payload: DeletePayload = engine::payload(job)?;
+        let tenant = tenants::get(&ctx.db, payload.tenant_id).await?;
+        Ok(Delete { job: job.id, tenant, previous_status: payload.previous_status })
+    }
+
+    async fn run(&self, ctx: &JobContext, step: &str) -> Result<(), StepError> {
+        let id = self.tenant.id;
+        match step {
+            "backup" => self.write_backup(ctx).await?,
+            "verify_backup" => self.verify_backup(ctx).await?,
+            "cancel_billing" => ctx.billing.close_account(id, &self.key(step)).await?,
+            "clear_cache" => clear_redis(ctx, id).await?,
+            "drop_schema" => tenant_schema::drop(&ctx.db, id).await?,
+            "delete_rows" => {
+                backup::delete_scoped_rows(&ctx.db, id).await?;
+            }
+            "finalize" => self.finalize(ctx).await?,
+            "notify" => {
+                if let Some(to) = &self.tenant.owner_email {
+                    let mail = OutgoingMail {
+                        to: to.clone(),
+                        subject: format!("Your tenant {} was deleted", self.tenant.name),
+                        text: format!(
+                            "Your tenant \"{}\" ({}) was deleted. Its data is kept in backup {} and can be restored.\n",
+                            self.tenant.name,
+                            self.tenant.slug,
+                            self.backup_id()
+                        ),
+                        message_id: format!("deleted.{}@tenant-service", self.job),
+                    };
+                    mail::send_once(&ctx.db, ctx.mailer.as_ref(), &self.key(step), Some(id), "deleted", &mail).await?;
+                }
+            }
+            other => return Err(StepError::Permanent(format!("unknown step {other}"))),
+        }
+        Ok(())
+    }
+
+    async fn compensate(&self, ctx: &JobContext, step: &str) -> Result<(), StepError> {
+        if step == "cancel_billing" {
+            ctx.billing
+                .open_account(OpenAccount {
+                    tenant: self.tenant.id,
+                    plan: self.tenant.plan_id,
+                    email: self.tenant.owner_email.as_deref(),
+                    idempotency_key: &self.key("cancel_billing_undo"),
+                })
+                .await?;
+        }
+        // The archive is kept (it is harmless and may help); cache entries refill by themselves;
+        // the destructive steps can't be undone — `failed` reports that.
+        Ok(())
+    }
+
+    async fn failed(&self, ctx: &JobContext, reason: &str, steps: &[StepRecord]) -> Result<(), StepError> {
+        let destroyed = steps
+            .iter()
+            .skip_while(|s| s.name != FIRST_DESTRUCTIVE)
+            .any(|s| matches!(s.status, StepStatus::Succeeded | StepStatus::Compensated | StepStatus::Failed));
+        let (status, note) = if destroyed {
+            (
+                TenantStatus::Deleting,
+                format!("deletion failed after data was removed ({reason}); restore from backup {}", self.backup_id()),
+            )
+        } else {
+            (self.previous_status, format!("deletion called off: {reason}"))
+        };
+        let mut tx = ctx.db.begin().await?;
+        let changed = sqlx::query(
+            "update tenants set status = $2, status_reason = $3, updated_at = now() where id = $1 and status = 'deleting'",
+        )
+        .bind(self.tenant.id)
+        .bind(status)
+        .bind(&note)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 1 && status != TenantStatus::Deleting {
+            events::record(
+                &mut *tx,
+                self.tenant.id,
+                events::TENANT_STATUS_CHANGED,
+                json!({
+                    "from": "deleting", "to": status, "reason": note, "jobId": self.job
+                }),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn result(&self) -> Value {
+        json!({ "tenantId": self.tenant.id, "backupId": self.backup_id() })
+    }
+}
+
+impl Delete {
+    async fn write_backup(&self, ctx: &JobContext) -> Result<(), StepError> {
+        let archive = backup::collect(&ctx.db, self.tenant.id).await?;
+        let settings = ctx.config.backup.clone();
+        let sealed =
+            tokio::task::spawn_blocking(move || backup::seal(&archive, settings.key.expose(), &settings.key_id))
+                .await
+                .map_err(|e| StepError::Transient(format!("backup task: {e}")))?
+                .map_err(|e| StepError::Permanent(format!("sealing the archive: {e}")))?;
+        let sha256 = backup::sha256_hex(&sealed);
+        let size = i64::try_from(sealed.len()).unwrap_or(i64::MAX);
+        let object_key = BackupStore::object_key(self.tenant.id, self.backup_id());
+        ctx.backups.put(&object_key, sealed).await.map_err(|e| StepError::Transient(e.to_string()))?;
+        sqlx::query(
+            "insert into tenant_backups (id, tenant_id, tenant_slug, job_id, object_key, size_bytes, sha256, key_id, format_version) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             on conflict (id) do update set size_bytes = excluded.size_bytes, sha256 = excluded.sha256, \
+                 key_id = excluded.key_id, created_at = now(), verified_at = null",
+        )
+        .bind(self.backup_id())
+        .bind(self.tenant.id)
+        .bind(&self.tenant.slug)
+        .bind(self.job)
+        .bind(&object_key)
+        .bind(size)
+        .bind(&sha256)
+        .bind(&ctx.config.backup.key_id)
+        .bind(backup::FORMAT_VERSION)
+        .execute(&ctx.db)
+        .await?;
+        tracing::info!(tenant = %self.tenant.id, backup = %self.backup_id(), size, "backup written");
+        Ok(())
+    }
+
+    /// Reads the archive back from the store: the hash must match the row, and it must decrypt to
+    /// this tenant's data. Nothing is destroyed before this passed.
+    async fn verify_backup(&self, ctx: &JobContext) -> Result<(), StepError> {
+        let (object_key, expected): (String, String) =
+            sqlx::query_as("select object_key, sha256 from tenant_backups where id = $1")
+                .bind(self.backup_id())
+                .fetch_one(&ctx.db)
+                .await?;
+        let bytes = ctx.backups.get(&object_key).await.map_err(|e| StepError::Transient(e.to_string()))?;
+        let actual = backup::sha256_hex(&bytes);
+        if actual != expected {
+            return Err(StepError::Permanent(format!("backup hash mismatch: recorded {expected}, read back {actual}")));
+        }
+        let settings = ctx.config.backup.clone();
+        let archive = tokio::task::spawn_blocking(move || {
+            backup::open(&bytes, &[(settings.key_id.as_str(), settings.key.expose())])
+        })
+        .await
+        .map_err(|e| StepError::Transient(format!("backup task: {e}")))?
+        .map_err(|e| StepError::Permanent(format!("backup does not read back: {e}")))?;
+        if archive.tenant_id != self.tenant.id {
+            return Err(StepError::Permanent("backup holds another tenant".into()));
+        }
+        sqlx::query("update tenant_backups set verified_at = now() where id = $1")
+            .bind(self.backup_id())
+            .execute(&ctx.db)
+            .await?;
+        Ok(())
+    }
+
+    async fn finalize(&self, ctx: &JobContext) -> Result<(), StepError> {
+        let mut tx = ctx.db.begin().await?;
+        let changed = sqlx::query(
+            "update tenants set status = 'deleted', deleted_at = now(), last_backup_id = $2, status_reason = null, \
+                 updated_at = now() where id = $1 and status = 'deleting'",
+        )
+        .bind(self.tenant.id)
+        .bind(self.backup_id())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            events::record(
+                &mut *tx,
+                self.tenant.id,
+                events::TENANT_DELETED,
+                json!({
+                    "slug": self.tenant.slug, "backupId": self.backup_id()
+                }),
+            )
+            .await?;
+            audit::record(
+                &mut *tx,
+                audit::Entry {
+                    tenant: Some(self.tenant.id),
+                    actor: &Actor::System,
+                    action: "tenant.delete",
+                    resource: Some(format!("tenants/{}", self.tenant.id)),
+                    old_value: Some(json!({ "status": "deleting" })),
+                    new_value: Some(json!({ "status": "deleted", "backupId": self.backup_id() })),
+                    request_id: None,
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Deletes every Redis key of the tenant (`{prefix}t:{id}:*`: quota counters, limits, caches).
+pub async fn clear_redis(ctx: &JobContext, tenant: TenantId) -> Result<(), StepError> {
+    let pattern = ctx.keys.key(&format!("t:{tenant}:*"));
+    let mut conn = ctx.redis.clone();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            redis::cmd("UNLINK").arg(&keys).query_async::<()>(&mut conn).await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}

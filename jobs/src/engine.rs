@@ -1,0 +1,352 @@
+//! The saga engine: runs a job's steps in order, records each in the job row, resumes after the
+//! last completed step, retries transient failures with exponential backoff, and compensates the
+//! completed steps in reverse when a step fails for good (or attempts run out).
+//!
+//! Whether a failure is transient or permanent is decided where it happens, as a [`StepError`]
+//! variant — infrastructure errors (database, Redis, network, 5xx) are transient, business
+//! refusals (validation, 4xx) permanent — never by matching strings here.
+
+use crate::context::JobContext;
+use crate::kinds::JobKind;
+use crate::queue::Queue;
+use serde_json::{Value, json};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tenant_domain::JobId;
+use tenant_domain::external::ExternalError;
+use tenant_domain::jobs::{self, Job, JobStatus, Lease, StepRecord, StepStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("{0}")]
+    Transient(String),
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<tenant_domain::Error> for StepError {
+    fn from(err: tenant_domain::Error) -> Self {
+        if err.is_transient() {
+            StepError::Transient(format!("{err}: {}", source_text(&err)))
+        } else {
+            StepError::Permanent(err.to_string())
+        }
+    }
+}
+
+fn source_text(err: &dyn std::error::Error) -> String {
+    err.source().map(|s| s.to_string()).unwrap_or_default()
+}
+
+impl From<sqlx::Error> for StepError {
+    fn from(err: sqlx::Error) -> Self {
+        StepError::Transient(format!("database: {err}"))
+    }
+}
+
+impl From<redis::RedisError> for StepError {
+    fn from(err: redis::RedisError) -> Self {
+        StepError::Transient(format!("redis: {err}"))
+    }
+}
+
+impl From<ExternalError> for StepError {
+    fn from(err: ExternalError) -> Self {
+        match err {
+            ExternalError::Transient(m) => StepError::Transient(m),
+            ExternalError::Permanent(m) => StepError::Permanent(m),
+        }
+    }
+}
+
+impl From<tenant_domain::mail::MailError> for StepError {
+    fn from(err: tenant_domain::mail::MailError) -> Self {
+        match err {
+            tenant_domain::mail::MailError::External(e) => e.into(),
+            tenant_domain::mail::MailError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// Decodes a job's payload; a payload that doesn't decode can never run.
+pub fn payload<T: serde::de::DeserializeOwned>(job: &Job) -> Result<T, StepError> {
+    serde_json::from_value(job.payload.clone()).map_err(|e| StepError::Permanent(format!("bad payload: {e}")))
+}
+
+/// The idempotency key of one step's side effect (Stripe `Idempotency-Key`, sent-mail record).
+pub fn step_key(job: JobId, step: &str) -> String {
+    format!("job:{job}:{step}")
+}
+
+/// A saga: named steps (see [`JobKind::steps`]), each with an idempotent `run` and `compensate`.
+pub trait Saga: Sized + Send + Sync {
+    const KIND: JobKind;
+
+    /// Loads what the steps need, from the job's payload and the database.
+    fn load(ctx: &JobContext, job: &Job) -> impl Future<Output = Result<Self, StepError>> + Send;
+
+    fn run(&self, ctx: &JobContext, step: &str) -> impl Future<Output = Result<(), StepError>> + Send;
+
+    fn compensate(&self, ctx: &JobContext, step: &str) -> impl Future<Output = Result<(), StepError>> + Send;
+
+    /// After compensation: record the failure where users see it (e.g. the tenant's status).
+    fn failed(
+        &self,
+        ctx: &JobContext,
+        reason: &str,
+        steps: &[StepRecord],
+    ) -> impl Future<Output = Result<(), StepError>> + Send;
+
+    /// The job's result once every step succeeded.
+    fn result(&self) -> Value;
+}
+
+/// How one delivery of a job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded,
+    Compensated,
+    /// Failed and could not be compensated (or could not even load); needs a human.
+    Failed,
+    /// A transient failure; another delivery is scheduled after the delay.
+    Retrying(Duration),
+    /// Not due, already finished, or leased by another worker: nothing done.
+    NotClaimed,
+    /// Another worker took the job over (our lease ran out); we stopped.
+    LeaseLost,
+    /// Shutting down: the job was handed back for another worker.
+    Released,
+}
+
+/// Failures of the engine's own bookkeeping (the database is down): the delivery should be
+/// retried as a whole.
+#[derive(Debug, thiserror::Error)]
+#[error("job bookkeeping failed: {0}")]
+pub struct EngineError(#[from] tenant_domain::Error);
+
+/// Runs one delivery of job `id`, whatever its kind.
+pub async fn run(ctx: &JobContext, kind: JobKind, id: JobId) -> Result<Outcome, EngineError> {
+    match kind {
+        JobKind::ProvisionTenant => run_saga::<crate::provision::Provision>(ctx, id).await,
+        JobKind::DeleteTenant => run_saga::<crate::delete::Delete>(ctx, id).await,
+        JobKind::RestoreTenant => run_saga::<crate::restore::Restore>(ctx, id).await,
+    }
+}
+
+pub fn backoff(ctx: &JobContext, attempts: i32) -> Duration {
+    let s = &ctx.config.jobs;
+    let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+    s.backoff_base.saturating_mul(2u32.saturating_pow(exp)).min(s.backoff_max)
+}
+
+/// Renews the lease in the background; `lost` turns true when another worker holds the job.
+struct LeaseKeeper {
+    lost: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LeaseKeeper {
+    fn start(ctx: &JobContext, id: JobId) -> Self {
+        let lost = Arc::new(AtomicBool::new(false));
+        let (db, owner, lease) = (ctx.db.clone(), ctx.worker_id.clone(), ctx.config.jobs.lease);
+        let flag = lost.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                match jobs::renew(&db, id, &owner, lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        flag.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    // A database hiccup: try again; if it lasts, the lease runs out and the
+                    // guarded writes tell us.
+                    Err(err) => tracing::warn!(job = %id, error = %err, "could not renew the job lease"),
+                }
+            }
+        });
+        Self { lost, task }
+    }
+
+    fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn run_saga<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, EngineError> {
+    let Some(job) = jobs::claim(&ctx.db, id, &ctx.worker_id, ctx.config.jobs.lease).await? else {
+        return Ok(Outcome::NotClaimed);
+    };
+    let keeper = LeaseKeeper::start(ctx, id);
+    let lease = Lease { db: &ctx.db, id, owner: &ctx.worker_id };
+    tracing::info!(job = %id, kind = S::KIND.name(), attempt = job.attempts, "job claimed");
+
+    let saga = match S::load(ctx, &job).await {
+        Ok(saga) => saga,
+        Err(StepError::Transient(message)) => return retry(ctx, S::KIND, &lease, &job, None, &message).await,
+        Err(StepError::Permanent(message)) => {
+            let error = json!({ "message": message });
+            lease.finish(JobStatus::Failed, None, Some(&error)).await?;
+            tracing::error!(job = %id, %message, "job cannot run");
+            return Ok(Outcome::Failed);
+        }
+    };
+    let mut steps = job.steps.0.clone();
+    let names = S::KIND.steps();
+
+    if job.phase != "compensating" {
+        for (index, name) in names.iter().enumerate() {
+            if steps.get(index).is_some_and(|s| s.status == StepStatus::Succeeded) {
+                continue;
+            }
+            if keeper.lost() {
+                return Ok(Outcome::LeaseLost);
+            }
+            if ctx.shutting_down() {
+                return release(ctx, S::KIND, &lease, &job).await;
+            }
+            if !lease.step_started(index).await? {
+                return Ok(Outcome::LeaseLost);
+            }
+            let result = saga.run(ctx, name).await;
+            match result {
+                Ok(()) => {
+                    if !lease.step_finished(index, StepStatus::Succeeded, None).await? {
+                        return Ok(Outcome::LeaseLost);
+                    }
+                    set_status(&mut steps, index, StepStatus::Succeeded);
+                    tracing::info!(job = %id, step = name, "step succeeded");
+                }
+                Err(StepError::Transient(message)) if job.attempts < job.max_attempts => {
+                    lease.step_finished(index, StepStatus::Failed, Some(&message)).await?;
+                    return retry(ctx, S::KIND, &lease, &job, Some(name), &message).await;
+                }
+                Err(err) => {
+                    let message = match err {
+                        StepError::Transient(m) => format!("gave up after {} attempts: {m}", job.attempts),
+                        StepError::Permanent(m) => m,
+                    };
+                    tracing::warn!(job = %id, step = name, %message, "step failed for good; compensating");
+                    if !lease.step_finished(index, StepStatus::Failed, Some(&message)).await? {
+                        return Ok(Outcome::LeaseLost);
+                    }
+                    set_status(&mut steps, index, StepStatus::Failed);
+                    let error = json!({ "message": message, "step": name });
+                    if !lease.start_compensating(&error).await? {
+                        return Ok(Outcome::LeaseLost);
+                    }
+                    return compensate(ctx, &saga, &lease, &keeper, &job, steps, &error).await;
+                }
+            }
+        }
+        let result = saga.result();
+        lease.finish(JobStatus::Succeeded, Some(&result), None).await?;
+        tracing::info!(job = %id, kind = S::KIND.name(), "job succeeded");
+        return Ok(Outcome::Succeeded);
+    }
+    let error = job.error.clone().unwrap_or_else(|| json!({ "message": "compensating" }));
+    compensate(ctx, &saga, &lease, &keeper, &job, steps, &error).await
+}
+
+fn set_status(steps: &mut [StepRecord], index: usize, status: StepStatus) {
+    if let Some(step) = steps.get_mut(index) {
+        step.status = status;
+    }
+}
+
+async fn compensate<S: Saga>(
+    ctx: &JobContext,
+    saga: &S,
+    lease: &Lease<'_>,
+    keeper: &LeaseKeeper,
+    job: &Job,
+    mut steps: Vec<StepRecord>,
+    error: &Value,
+) -> Result<Outcome, EngineError> {
+    let names = S::KIND.steps();
+    for index in (0..names.len()).rev() {
+        let status = steps.get(index).map(|s| s.status);
+        if !matches!(status, Some(StepStatus::Succeeded | StepStatus::Failed | StepStatus::Running)) {
+            continue;
+        }
+        if keeper.lost() {
+            return Ok(Outcome::LeaseLost);
+        }
+        match saga.compensate(ctx, names[index]).await {
+            Ok(()) => {
+                if !lease.step_finished(index, StepStatus::Compensated, None).await? {
+                    return Ok(Outcome::LeaseLost);
+                }
+                set_status(&mut steps, index, StepStatus::Compensated);
+            }
+            Err(StepError::Transient(message)) if job.attempts < job.max_attempts => {
+                return retry(ctx, S::KIND, lease, job, Some(names[index]), &format!("compensating: {message}")).await;
+            }
+            Err(err) => {
+                let message = format!("compensation of {} failed: {err}", names[index]);
+                tracing::error!(job = %job.id, %message, "saga left half-undone");
+                let error = json!({ "message": message, "cause": error });
+                lease.finish(JobStatus::Failed, None, Some(&error)).await?;
+                return Ok(Outcome::Failed);
+            }
+        }
+    }
+    let reason = error.get("message").and_then(Value::as_str).unwrap_or("failed").to_owned();
+    if let Err(err) = saga.failed(ctx, &reason, &steps).await {
+        return match err {
+            StepError::Transient(m) if job.attempts < job.max_attempts => {
+                retry(ctx, S::KIND, lease, job, None, &m).await
+            }
+            err => {
+                let error = json!({ "message": format!("recording the failure failed: {err}"), "cause": error });
+                lease.finish(JobStatus::Failed, None, Some(&error)).await?;
+                Ok(Outcome::Failed)
+            }
+        };
+    }
+    lease.finish(JobStatus::Compensated, None, Some(error)).await?;
+    tracing::warn!(job = %job.id, kind = S::KIND.name(), %reason, "job compensated");
+    Ok(Outcome::Compensated)
+}
+
+async fn retry(
+    ctx: &JobContext,
+    kind: JobKind,
+    lease: &Lease<'_>,
+    job: &Job,
+    step: Option<&str>,
+    message: &str,
+) -> Result<Outcome, EngineError> {
+    let delay = backoff(ctx, job.attempts);
+    let delivery = Queue::new_delivery_id();
+    let error = json!({ "message": message, "step": step, "transient": true });
+    if !lease.retry_later(delay, &error, &delivery).await? {
+        return Ok(Outcome::LeaseLost);
+    }
+    tracing::warn!(job = %job.id, ?step, %message, ?delay, attempt = job.attempts, "transient failure; will retry");
+    if let Err(err) = ctx.queue.push(kind, job.id, &delivery, delay).await {
+        // The row says `retrying`; the reconciler pushes it again.
+        tracing::warn!(job = %job.id, error = %err, "could not schedule the retry");
+    }
+    Ok(Outcome::Retrying(delay))
+}
+
+async fn release(ctx: &JobContext, kind: JobKind, lease: &Lease<'_>, job: &Job) -> Result<Outcome, EngineError> {
+    if lease.release().await? {
+        let delivery = Queue::new_delivery_id();
+        jobs::record_dispatch(&ctx.db, job.id, &delivery).await?;
+        if let Err(err) = ctx.queue.push(kind, job.id, &delivery, Duration::ZERO).await {
+            tracing::warn!(job = %job.id, error = %err, "could not re-push a released job");
+        }
+        tracing::info!(job = %job.id, "job released for another worker");
+    }
+    Ok(Outcome::Released)
+}

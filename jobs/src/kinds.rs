@@ -1,0 +1,52 @@
+//! The job kinds, their versioned queue names and their steps.
+
+use serde::{Deserialize, Serialize};
+use tenant_domain::JobId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobKind {
+    ProvisionTenant,
+    DeleteTenant,
+    RestoreTenant,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 3] = [JobKind::ProvisionTenant, JobKind::DeleteTenant, JobKind::RestoreTenant];
+
+    /// The `kind` clients see on the job.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::ProvisionTenant => "provision_tenant",
+            JobKind::DeleteTenant => "delete_tenant",
+            JobKind::RestoreTenant => "restore_tenant",
+        }
+    }
+
+    /// The queue name: versioned, so a payload of an older shape can't reach a newer handler.
+    pub fn queue(self) -> &'static str {
+        match self {
+            JobKind::ProvisionTenant => "provision_tenant:v1",
+            JobKind::DeleteTenant => "delete_tenant:v1",
+            JobKind::RestoreTenant => "restore_tenant:v1",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<JobKind> {
+        JobKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    pub fn steps(self) -> &'static [&'static str] {
+        match self {
+            JobKind::ProvisionTenant => crate::provision::STEPS,
+            JobKind::DeleteTenant => crate::delete::STEPS,
+            JobKind::RestoreTenant => crate::restore::STEPS,
+        }
+    }
+}
+
+/// What travels through Redis: the id of the job row, nothing else.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobMessage {
+    pub job_id: JobId,
+}

@@ -1,0 +1,180 @@
+//! `provision_tenant`: schema → default config → quotas → billing account → welcome email →
+//! active → `tenant.created`. A permanent failure undoes the completed steps in reverse and
+//! leaves the tenant `failed` with the reason.
+
+use crate::context::JobContext;
+use crate::engine::{self, Saga, StepError};
+use crate::kinds::JobKind;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tenant_domain::audit::{self, Actor};
+use tenant_domain::billing::OpenAccount;
+use tenant_domain::jobs::{Job, StepRecord};
+use tenant_domain::mail::{self, OutgoingMail};
+use tenant_domain::plans::{self, Plan};
+use tenant_domain::tenants::{self, Tenant};
+use tenant_domain::{JobId, TenantId, events, quotas, tenant_config, tenant_schema};
+
+pub const STEPS: &[&str] =
+    &["create_schema", "default_config", "quotas", "billing_account", "welcome_email", "activate"];
+
+/// The job's payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvisionPayload {
+    pub tenant_id: TenantId,
+}
+
+pub struct Provision {
+    job: JobId,
+    tenant: Tenant,
+    plan: Plan,
+}
+
+impl Provision {
+    fn key(&self, step: &str) -> String {
+        engine::step_key(self.job, step)
+    }
+}
+
+impl Saga for Provision {
+    const KIND: JobKind = JobKind::ProvisionTenant;
+
+    async fn load(ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
+        let payload: ProvisionPayload = engine::payload(job)?;
+        let tenant = tenants::get(&ctx.db, payload.tenant_id).await?;
+        let plan = plans::find(&ctx.db, &tenant.plan_id.to_string()).await?;
+        Ok(Provision { job: job.id, tenant, plan })
+    }
+
+    async fn run(&self, ctx: &JobContext, step: &str) -> Result<(), StepError> {
+        let id = self.tenant.id;
+        match step {
+            "create_schema" => tenant_schema::create(&ctx.db, id).await?,
+            "default_config" => tenant_config::insert_defaults(&ctx.db, id).await?,
+            "quotas" => {
+                quotas::insert_from_plan(&ctx.db, id, &self.plan).await?;
+            }
+            "billing_account" => {
+                ctx.billing
+                    .open_account(OpenAccount {
+                        tenant: id,
+                        plan: self.plan.id,
+                        email: self.tenant.owner_email.as_deref(),
+                        idempotency_key: &self.key(step),
+                    })
+                    .await?;
+            }
+            "welcome_email" => {
+                if let Some(to) = &self.tenant.owner_email {
+                    let mail = OutgoingMail {
+                        to: to.clone(),
+                        subject: format!("Welcome to the platform, {}", self.tenant.name),
+                        text: format!(
+                            "Your tenant \"{}\" ({}) is ready on the {} plan.\n",
+                            self.tenant.name, self.tenant.slug, self.plan.name
+                        ),
+                        message_id: format!("welcome.{}@tenant-service", self.job),
+                    };
+                    mail::send_once(&ctx.db, ctx.mailer.as_ref(), &self.key(step), Some(id), "welcome", &mail).await?;
+                }
+            }
+            "activate" => activate(ctx, &self.tenant).await?,
+            other => return Err(StepError::Permanent(format!("unknown step {other}"))),
+        }
+        Ok(())
+    }
+
+    async fn compensate(&self, ctx: &JobContext, step: &str) -> Result<(), StepError> {
+        let id = self.tenant.id;
+        match step {
+            "create_schema" => tenant_schema::drop(&ctx.db, id).await?,
+            "default_config" => {
+                tenant_config::delete_all(&ctx.db, id).await?;
+            }
+            "quotas" => {
+                quotas::delete_all(&ctx.db, id).await?;
+            }
+            "billing_account" => ctx.billing.close_account(id, &self.key("billing_account_undo")).await?,
+            // A sent mail can't be unsent; activation is the last step and has nothing after it.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn failed(&self, ctx: &JobContext, reason: &str, _steps: &[StepRecord]) -> Result<(), StepError> {
+        let mut tx = ctx.db.begin().await?;
+        let changed = sqlx::query(
+            "update tenants set status = 'failed', status_reason = $2, updated_at = now() \
+             where id = $1 and status = 'provisioning'",
+        )
+        .bind(self.tenant.id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            events::record(
+                &mut *tx,
+                self.tenant.id,
+                events::TENANT_STATUS_CHANGED,
+                json!({
+                    "from": "provisioning", "to": "failed", "reason": reason, "jobId": self.job
+                }),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn result(&self) -> Value {
+        json!({ "tenantId": self.tenant.id })
+    }
+}
+
+/// `provisioning → active`, with `tenant.created` written in the same transaction (once).
+async fn activate(ctx: &JobContext, tenant: &Tenant) -> Result<(), StepError> {
+    let mut tx = ctx.db.begin().await?;
+    let status: Option<String> = sqlx::query_scalar(
+        "update tenants set status = 'active', status_reason = null, updated_at = now() \
+         where id = $1 and status = 'provisioning' returning status::text",
+    )
+    .bind(tenant.id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if status.is_some() {
+        events::record(
+            &mut *tx,
+            tenant.id,
+            events::TENANT_CREATED,
+            json!({
+                "name": tenant.name, "slug": tenant.slug, "planId": tenant.plan_id
+            }),
+        )
+        .await?;
+        audit::record(
+            &mut *tx,
+            audit::Entry {
+                tenant: Some(tenant.id),
+                actor: &Actor::System,
+                action: "tenant.activate",
+                resource: Some(format!("tenants/{}", tenant.id)),
+                old_value: Some(json!({ "status": "provisioning" })),
+                new_value: Some(json!({ "status": "active" })),
+                request_id: None,
+            },
+        )
+        .await?;
+    } else {
+        let current = tenants::get(&mut *tx, tenant.id).await?;
+        if current.status != tenant_domain::TenantStatus::Active {
+            return Err(StepError::Permanent(format!(
+                "tenant is {} and cannot become active",
+                current.status.as_str()
+            )));
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}

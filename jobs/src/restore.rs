@@ -1,0 +1,220 @@
+//! `restore_tenant`: fetch the archive and check its SHA-256 against the record, then bring back
+//! the schema (in one transaction), the tenant-scoped rows (as they were, ids and timestamps
+//! included) and the tenant row's fields, reopen billing, and mark the tenant active.
+//! A failure undoes what was restored and leaves the tenant `deleted`.
+
+use crate::context::JobContext;
+use crate::engine::{self, Saga, StepError};
+use crate::kinds::JobKind;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tenant_domain::audit::{self, Actor};
+use tenant_domain::backup::{self, Archive};
+use tenant_domain::billing::OpenAccount;
+use tenant_domain::jobs::{Job, StepRecord};
+use tenant_domain::tenants::{self, Tenant};
+use tenant_domain::{JobId, TenantId, events, tenant_schema};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+pub const STEPS: &[&str] = &["verify_archive", "restore_schema", "restore_rows", "reopen_billing", "activate"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestorePayload {
+    pub tenant_id: TenantId,
+    pub backup_id: Uuid,
+}
+
+pub struct Restore {
+    job: JobId,
+    tenant: Tenant,
+    backup_id: Uuid,
+    archive: OnceCell<Archive>,
+}
+
+impl Restore {
+    /// The archive, fetched and checked once per run: the SHA-256 must match the record.
+    async fn archive(&self, ctx: &JobContext) -> Result<&Archive, StepError> {
+        self.archive
+            .get_or_try_init(|| async {
+                let row: Option<(String, String, String)> =
+                    sqlx::query_as("select object_key, sha256, key_id from tenant_backups where id = $1")
+                        .bind(self.backup_id)
+                        .fetch_optional(&ctx.db)
+                        .await?;
+                let (object_key, expected, key_id) =
+                    row.ok_or_else(|| StepError::Permanent(format!("backup {} does not exist", self.backup_id)))?;
+                let bytes = ctx.backups.get(&object_key).await.map_err(|e| match e {
+                    backup::BackupError::Store(object_store_err)
+                        if object_store_err.to_string().contains("not found") =>
+                    {
+                        StepError::Permanent(format!("backup archive {object_key} is missing from the store"))
+                    }
+                    other => StepError::Transient(other.to_string()),
+                })?;
+                let actual = backup::sha256_hex(&bytes);
+                if actual != expected {
+                    return Err(StepError::Permanent(format!(
+                        "backup archive hash mismatch: recorded {expected}, found {actual}"
+                    )));
+                }
+                let settings = ctx.config.backup.clone();
+                if key_id != settings.key_id {
+                    return Err(StepError::Permanent(format!(
+                        "backup was encrypted with key {key_id:?}, not configured"
+                    )));
+                }
+                let archive = tokio::task::spawn_blocking(move || {
+                    backup::open(&bytes, &[(settings.key_id.as_str(), settings.key.expose())])
+                })
+                .await
+                .map_err(|e| StepError::Transient(format!("restore task: {e}")))?
+                .map_err(|e| StepError::Permanent(format!("backup does not read back: {e}")))?;
+                if archive.tenant_id != self.tenant.id {
+                    return Err(StepError::Permanent("backup holds another tenant".into()));
+                }
+                Ok(archive)
+            })
+            .await
+    }
+}
+
+impl Saga for Restore {
+    const KIND: JobKind = JobKind::RestoreTenant;
+
+    async fn load(ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
+        let payload: RestorePayload = engine::payload(job)?;
+        let tenant = tenants::get(&ctx.db, payload.tenant_id).await?;
+        Ok(Restore { job: job.id, tenant, backup_id: payload.backup_id, archive: OnceCell::new() })
+    }
+
+    async fn run(&self, ctx: &JobContext, step: &str) -> Result<(), StepError> {
+        let id = self.tenant.id;
+        match step {
+            "verify_archive" => {
+                self.archive(ctx).await?;
+            }
+            "restore_schema" => {
+                let archive = self.archive(ctx).await?;
+                if let Some(dump) = &archive.schema
+                    && !tenant_schema::exists(&ctx.db, id).await?
+                {
+                    // One transaction: a crash leaves no half-restored schema behind.
+                    let mut tx = ctx.db.begin().await?;
+                    tenant_schema::restore(&mut tx, id, dump).await?;
+                    tx.commit().await?;
+                }
+            }
+            "restore_rows" => {
+                let archive = self.archive(ctx).await?;
+                let mut tx = ctx.db.begin().await?;
+                for table in backup::SCOPED_TABLES {
+                    for row in archive.tables.get(*table).into_iter().flatten() {
+                        sqlx::query(&format!(
+                            "insert into {table} select * from jsonb_populate_record(null::{table}, $1) on conflict do nothing"
+                        ))
+                        .bind(row)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                // The tenant row's own fields, as they were before deletion (status aside).
+                sqlx::query(
+                    "update tenants t set name = r.name, domain = r.domain, plan_id = r.plan_id, owner_id = r.owner_id, \
+                         owner_email = r.owner_email, settings = r.settings, features = r.features, \
+                         created_at = r.created_at, expires_at = r.expires_at, updated_at = now() \
+                     from jsonb_populate_record(null::tenants, $2) r where t.id = $1",
+                )
+                .bind(id)
+                .bind(&archive.tenant)
+                .execute(&mut *tx)
+                .await
+                .map_err(tenant_domain::Error::from_db)?;
+                tx.commit().await?;
+            }
+            "reopen_billing" => {
+                let plan = archive_plan(self.archive(ctx).await?).unwrap_or(self.tenant.plan_id.0);
+                ctx.billing
+                    .open_account(OpenAccount {
+                        tenant: id,
+                        plan: tenant_domain::PlanId(plan),
+                        email: self.tenant.owner_email.as_deref(),
+                        idempotency_key: &engine::step_key(self.job, step),
+                    })
+                    .await?;
+            }
+            "activate" => self.activate(ctx).await?,
+            other => return Err(StepError::Permanent(format!("unknown step {other}"))),
+        }
+        Ok(())
+    }
+
+    async fn compensate(&self, ctx: &JobContext, step: &str) -> Result<(), StepError> {
+        let id = self.tenant.id;
+        match step {
+            "restore_schema" => tenant_schema::drop(&ctx.db, id).await?,
+            "restore_rows" => {
+                backup::delete_scoped_rows(&ctx.db, id).await?;
+            }
+            "reopen_billing" => {
+                ctx.billing.close_account(id, &engine::step_key(self.job, "reopen_billing_undo")).await?
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn failed(&self, ctx: &JobContext, reason: &str, _steps: &[StepRecord]) -> Result<(), StepError> {
+        sqlx::query(
+            "update tenants set status = 'deleted', status_reason = $2, updated_at = now() \
+             where id = $1 and status = 'provisioning'",
+        )
+        .bind(self.tenant.id)
+        .bind(format!("restore failed: {reason}"))
+        .execute(&ctx.db)
+        .await?;
+        Ok(())
+    }
+
+    fn result(&self) -> Value {
+        json!({ "tenantId": self.tenant.id, "backupId": self.backup_id })
+    }
+}
+
+fn archive_plan(archive: &Archive) -> Option<Uuid> {
+    archive.tenant.get("plan_id").and_then(Value::as_str).and_then(|s| s.parse().ok())
+}
+
+impl Restore {
+    async fn activate(&self, ctx: &JobContext) -> Result<(), StepError> {
+        let mut tx = ctx.db.begin().await?;
+        let changed = sqlx::query(
+            "update tenants set status = 'active', deleted_at = null, status_reason = null, updated_at = now() \
+             where id = $1 and status = 'provisioning'",
+        )
+        .bind(self.tenant.id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            events::record(&mut *tx, self.tenant.id, events::TENANT_RESTORED, json!({ "backupId": self.backup_id }))
+                .await?;
+            audit::record(
+                &mut *tx,
+                audit::Entry {
+                    tenant: Some(self.tenant.id),
+                    actor: &Actor::System,
+                    action: "tenant.restore",
+                    resource: Some(format!("tenants/{}", self.tenant.id)),
+                    old_value: Some(json!({ "status": "deleted" })),
+                    new_value: Some(json!({ "status": "active", "backupId": self.backup_id })),
+                    request_id: None,
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
