@@ -22,6 +22,7 @@ async fn health_checks_both_dependencies_and_turns_503_when_redis_is_gone() {
         assert_eq!(body["data"]["status"], json!("healthy"));
         assert_eq!(body["data"]["dependencies"]["database"], json!(true));
         assert_eq!(body["data"]["dependencies"]["redis"], json!(true));
+        assert_eq!(body["data"]["metrics"]["queueDepth"], json!(0));
     }
 
     redis.kill().await.expect("killed");

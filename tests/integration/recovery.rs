@@ -155,3 +155,47 @@ async fn jobs_survive_redis_losing_everything() {
     }
     eprintln!("re-delivered and finished in {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn sigterm_hands_running_jobs_back_and_exits_cleanly() {
+    let (app, _sink) = app_with_sink(Slow::Recipients(Duration::from_millis(700))).await;
+    let mut worker = app.spawn_worker_process(WORKER);
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        jobs.push(create(&app, &format!("graceful-{i}"), "free").await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: i64 = sqlx::query_scalar("select count(*) from jobs where status = 'running'")
+            .fetch_one(&app.db)
+            .await
+            .expect("q");
+        if running > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no job started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = worker.child.id().expect("pid").to_string();
+    let term = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
+    assert!(term.success());
+    let exit =
+        tokio::time::timeout(Duration::from_secs(10), worker.child.wait()).await.expect("exits in time").expect("wait");
+    assert!(exit.success(), "worker exit status {exit:?}");
+    let running: i64 =
+        sqlx::query_scalar("select count(*) from jobs where status = 'running'").fetch_one(&app.db).await.expect("q");
+    assert_eq!(running, 0, "a stopped worker holds no job");
+    let released: i64 =
+        sqlx::query_scalar("select count(*) from jobs where status = 'retrying' and lease_owner is null")
+            .fetch_one(&app.db)
+            .await
+            .expect("q");
+    let succeeded: i64 =
+        sqlx::query_scalar("select count(*) from jobs where status = 'succeeded'").fetch_one(&app.db).await.expect("q");
+    assert!(released + succeeded > 0, "in-flight jobs were finished or handed back");
+
+    let _next = app.spawn_worker_process(WORKER);
+    for (_, job) in &jobs {
+        assert_eq!(app.wait_job(job, Duration::from_secs(30)).await["status"], json!("succeeded"));
+    }
+}

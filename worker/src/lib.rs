@@ -65,26 +65,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // Under load a 500 ms response timeout turns slowness into fatal queue errors (apalis-redis#76).
     config.redis_response_timeout = config.redis_response_timeout.max(Duration::from_secs(5));
     let config = Arc::new(config);
-    let db = db::pool(&config)?;
-    let redis = kv::connect(&config)?;
-    sqlx::query("select 1").execute(&db).await.context("PostgreSQL does not answer")?;
-    let mut probe = redis.clone();
-    anyhow::ensure!(kv::ping(&mut probe, config.redis_response_timeout).await, "Redis does not answer PING");
-
     let (stop_tx, stop_rx) = watch::channel(false);
-    let worker_id = format!("worker-{}-{}", std::process::id(), ulid::Ulid::generate());
-    let ctx = JobContext {
-        db: db.clone(),
-        redis: redis.clone(),
-        keys: Keys::new(config.redis_key_prefix.clone()),
-        queue: Queue::new(redis.clone(), &config.redis_key_prefix, config.jobs.clone()),
-        billing: Arc::new(LocalBilling::new(db.clone())),
-        mailer: Arc::new(LettreMailer::new(&config.mail)?),
-        backups: BackupStore::new(&config.backup)?,
-        worker_id: worker_id.clone(),
-        shutdown: stop_rx.clone(),
-        config: config.clone(),
-    };
+    let ctx = context(config.clone(), stop_rx.clone()).await?;
+    let (db, worker_id) = (ctx.db.clone(), ctx.worker_id.clone());
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -130,6 +113,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     db.close().await;
     tracing::info!("tenant-worker stopped");
     result.map_err(|e| anyhow::anyhow!("queue workers: {e}"))
+}
+
+/// Connects to PostgreSQL and Redis (checking both answer) and builds what the sagas use.
+pub async fn context(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> anyhow::Result<JobContext> {
+    let db = db::pool(&config)?;
+    let redis = kv::connect(&config)?;
+    sqlx::query("select 1").execute(&db).await.context("PostgreSQL does not answer")?;
+    let mut probe = redis.clone();
+    anyhow::ensure!(kv::ping(&mut probe, config.redis_response_timeout).await, "Redis does not answer PING");
+    Ok(JobContext {
+        redis: redis.clone(),
+        keys: Keys::new(config.redis_key_prefix.clone()),
+        queue: Queue::new(redis, &config.redis_key_prefix, config.jobs.clone()),
+        billing: Arc::new(LocalBilling::new(db.clone())),
+        mailer: Arc::new(LettreMailer::new(&config.mail)?),
+        backups: BackupStore::new(&config.backup)?,
+        worker_id: format!("worker-{}-{}", std::process::id(), ulid::Ulid::generate()),
+        shutdown,
+        db,
+        config,
+    })
 }
 
 /// One delivery: run the job's saga. Failures of the saga's steps are handled in the engine;

@@ -38,6 +38,8 @@ pub struct Dependencies {
 #[serde(rename_all = "camelCase")]
 pub struct HealthMetrics {
     pub active_tenants: Option<i64>,
+    /// Job deliveries waiting in Redis (ready and scheduled).
+    pub queue_depth: Option<u64>,
 }
 
 #[utoipa::path(get, path = "/health", tag = "operations",
@@ -51,13 +53,18 @@ pub async fn health(State(state): State<AppState>) -> Response {
     };
     let mut redis = state.redis.clone();
     let (active, redis_ok) = tokio::join!(db_check, kv::ping(&mut redis, CHECK_DEADLINE));
+    let queue_depth = if redis_ok {
+        tokio::time::timeout(CHECK_DEADLINE, state.queue.depth()).await.ok().and_then(Result::ok)
+    } else {
+        None
+    };
     let database = active.is_some();
     let report = Health {
         status: if database && redis_ok { "healthy" } else { "unhealthy" },
         service: state.config.service_name.clone(),
         version: env!("CARGO_PKG_VERSION"),
         dependencies: Dependencies { database, redis: redis_ok, stripe: "not_configured", queue: redis_ok },
-        metrics: HealthMetrics { active_tenants: active },
+        metrics: HealthMetrics { active_tenants: active, queue_depth },
     };
     if database && redis_ok {
         response::ok(report)
