@@ -6,6 +6,7 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use std::sync::Arc;
 use tenant_domain::kv::{self, Keys};
+use tenant_domain::quota::engine::QuotaEngine;
 use tenant_domain::{Config, db};
 use tenant_jobs::Queue;
 
@@ -18,6 +19,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub tokens: Arc<TokenVerifier>,
     pub queue: Queue,
+    pub quota: Arc<QuotaEngine>,
 }
 
 impl AppState {
@@ -27,7 +29,9 @@ impl AppState {
         let redis = kv::connect(&config)?;
         let tokens = Arc::new(TokenVerifier::new(&config));
         let queue = Queue::new(redis.clone(), &config.redis_key_prefix, config.jobs.clone());
+        let quota = QuotaEngine::connect(&config)?;
         Ok(Self {
+            quota,
             queue,
             keys: Keys::new(config.redis_key_prefix.clone()),
             config: Arc::new(config),

@@ -39,6 +39,23 @@ pub struct Config {
     pub jobs: JobSettings,
     pub mail: MailSettings,
     pub backup: BackupSettings,
+    pub quota: QuotaSettings,
+    /// The Redis Stream events are published to (`tenant-events`).
+    pub events_stream: String,
+    pub events_stream_maxlen: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct QuotaSettings {
+    /// Redis connections the quota engine spreads its calls over.
+    pub connections: usize,
+    /// A quota call waiting longer on Redis answers 503 (or allows, for fail-open resources).
+    pub timeout: Duration,
+    /// Resources allowed (and flagged as degraded) while Redis is unreachable.
+    pub fail_open: Vec<String>,
+    pub rollup_interval: Duration,
+    /// How long a window's counters outlive the window, so a late rollup can still read them.
+    pub window_grace: Duration,
 }
 
 /// How jobs are delivered, leased, retried and reconciled.
@@ -235,6 +252,15 @@ impl Config {
                 from: env.get("SMTP_FROM").unwrap_or_else(|| "Tenant Service <no-reply@tenant-service.local>".into()),
                 dir: env.get("MAIL_DIR").unwrap_or_else(|| "data/mail".into()),
             },
+            quota: QuotaSettings {
+                connections: env.parse_in("REDIS_CONNECTION_POOL_SIZE", 4, 1..=64)?,
+                timeout: Duration::from_millis(env.parse_in("QUOTA_TIMEOUT_MS", 500, 1..=60_000)?),
+                fail_open: env.list("QUOTA_FAIL_OPEN", crate::quota::Resource::ALL.map(|r| r.as_str()).as_slice())?,
+                rollup_interval: Duration::from_secs(env.parse_in("ROLLUP_INTERVAL_SECS", 300, 1..=86_400)?),
+                window_grace: Duration::from_secs(7200),
+            },
+            events_stream: env.get("EVENTS_STREAM").unwrap_or_else(|| "tenant-events".into()),
+            events_stream_maxlen: env.parse_in("EVENTS_STREAM_MAXLEN", 1_000_000, 1000..=1_000_000_000)?,
             backup: BackupSettings {
                 dir: env.get("BACKUP_DIR").unwrap_or_else(|| "data/backups".into()),
                 s3_bucket: env.get("BACKUP_S3_BUCKET"),
@@ -276,6 +302,24 @@ impl Env<'_> {
                 format!("expected a whole number from {} to {}, got {raw:?}", range.start(), range.end()),
             )),
         }
+    }
+
+    /// A comma-separated list whose items must be among `allowed`.
+    fn list(&self, name: &'static str, allowed: &[&str]) -> Result<Vec<String>, ConfigError> {
+        let items: Vec<String> = self
+            .get(name)
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if let Some(bad) = items.iter().find(|i| !allowed.contains(&i.as_str())) {
+            return Err(ConfigError::new(
+                name,
+                format!("unknown item {bad:?}; expected some of {}", allowed.join(", ")),
+            ));
+        }
+        Ok(items)
     }
 
     /// A required 32-byte key, given as base64.

@@ -12,6 +12,7 @@ pub const TENANT_UPDATED: &str = "tenant.updated";
 pub const TENANT_STATUS_CHANGED: &str = "tenant.status_changed";
 pub const TENANT_DELETED: &str = "tenant.deleted";
 pub const TENANT_RESTORED: &str = "tenant.restored";
+pub const TENANT_QUOTAS_UPDATED: &str = "tenant.quotas.updated";
 
 /// Writes one event to the outbox; returns its id (which consumers use to deduplicate).
 pub async fn record(db: impl PgExecutor<'_>, tenant: TenantId, event_type: &str, data: Value) -> Result<Uuid> {

@@ -92,9 +92,8 @@ pub struct NewJob<'a> {
     pub delivery_id: String,
 }
 
-pub async fn insert(db: impl PgExecutor<'_>, new: NewJob<'_>) -> Result<Job> {
-    let steps: Vec<StepRecord> = new
-        .steps
+fn pending_steps(names: &[&str]) -> Vec<StepRecord> {
+    names
         .iter()
         .map(|name| StepRecord {
             name: (*name).to_owned(),
@@ -103,7 +102,11 @@ pub async fn insert(db: impl PgExecutor<'_>, new: NewJob<'_>) -> Result<Job> {
             finished_at: None,
             error: None,
         })
-        .collect();
+        .collect()
+}
+
+pub async fn insert(db: impl PgExecutor<'_>, new: NewJob<'_>) -> Result<Job> {
+    let steps = pending_steps(new.steps);
     Ok(sqlx::query_as(&format!(
         "insert into jobs (id, kind, tenant_id, payload, steps, max_attempts, delivery_id) \
          values ($1, $2, $3, $4, $5, $6, $7) returning {COLUMNS}"
@@ -116,6 +119,25 @@ pub async fn insert(db: impl PgExecutor<'_>, new: NewJob<'_>) -> Result<Job> {
     .bind(new.max_attempts)
     .bind(new.delivery_id)
     .fetch_one(db)
+    .await?)
+}
+
+/// Inserts a periodic job once per `schedule_key`; `None` when another worker already did.
+pub async fn insert_scheduled(db: impl PgExecutor<'_>, new: NewJob<'_>, schedule_key: &str) -> Result<Option<Job>> {
+    let steps = pending_steps(new.steps);
+    Ok(sqlx::query_as(&format!(
+        "insert into jobs (id, kind, tenant_id, payload, steps, max_attempts, delivery_id, schedule_key) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict (schedule_key) do nothing returning {COLUMNS}"
+    ))
+    .bind(new.id)
+    .bind(new.kind)
+    .bind(new.tenant)
+    .bind(new.payload)
+    .bind(Json(steps))
+    .bind(new.max_attempts)
+    .bind(new.delivery_id)
+    .bind(schedule_key)
+    .fetch_optional(db)
     .await?)
 }
 

@@ -16,7 +16,7 @@ pub mod jobs;
 pub mod kv;
 pub mod mail;
 pub mod plans;
-pub mod quotas;
+pub mod quota;
 pub mod secret;
 pub mod status;
 pub mod telemetry;

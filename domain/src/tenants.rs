@@ -1,8 +1,8 @@
 //! Tenants: the store functions behind the tenant API. Platform-wide reads use the owner pool;
-//! reads of one tenant's scoped rows (quotas) go through [`crate::db::begin_tenant`].
+//! reads of one tenant's scoped rows go through [`crate::db::begin_tenant`] (see `quota::store`).
 
 use crate::audit::{self, Actor};
-use crate::{Error, PlanId, Result, TenantId, TenantStatus, db, events};
+use crate::{Error, PlanId, Result, TenantId, TenantStatus, events};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -35,18 +35,6 @@ pub struct Tenant {
 
 const COLUMNS: &str = "id, name, slug, domain, status, status_reason, plan_id, owner_id, owner_email, \
     settings, features, created_at, updated_at, suspended_at, deleted_at, expires_at";
-
-/// A tenant's quota row as stored (limits; live usage comes from Redis).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct QuotaRow {
-    pub resource_type: String,
-    pub limit_value: i64,
-    pub used_value: i64,
-    pub unit: String,
-    pub reset_period: String,
-    pub last_reset_at: Option<DateTime<Utc>>,
-}
 
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -136,19 +124,6 @@ pub async fn find_by_slug_or_domain(
     .fetch_optional(db)
     .await?
     .ok_or_else(Error::tenant_not_found)
-}
-
-/// The tenant's quota rows, read under row-level security as the tenant itself.
-pub async fn quotas(db: &PgPool, id: TenantId) -> Result<Vec<QuotaRow>> {
-    let mut tx = db::begin_tenant(db, id).await?;
-    let rows = sqlx::query_as(
-        "select resource_type, limit_value, used_value, unit, reset_period::text as reset_period, last_reset_at \
-         from tenant_quotas order by resource_type",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(rows)
 }
 
 #[derive(Debug, Clone)]
@@ -247,17 +222,16 @@ fn editable_view(t: &Tenant) -> Value {
     json!({ "name": t.name, "domain": t.domain, "settings": t.settings, "ownerId": t.owner_id })
 }
 
-/// An administrator's lifecycle move (suspend / reactivate). Any move the lifecycle or the
-/// administrator may not make is [`Error::InvalidState`].
+/// An administrator's lifecycle move (suspend / reactivate), in the caller's transaction. Any
+/// move the lifecycle or the administrator may not make is [`Error::InvalidState`].
 pub async fn set_status(
-    db: &PgPool,
+    tx: &mut PgConnection,
     id: TenantId,
     to: TenantStatus,
     reason: Option<&str>,
     ctx: &ChangeContext,
 ) -> Result<Tenant> {
-    let mut tx = db.begin().await?;
-    let old = get_for_update(&mut tx, id).await?;
+    let old = get_for_update(tx, id).await?;
     if old.status == to {
         return Ok(old);
     }
@@ -296,7 +270,6 @@ pub async fn set_status(
         json!({ "from": old.status, "to": to, "reason": reason }),
     )
     .await?;
-    tx.commit().await?;
     Ok(new)
 }
 

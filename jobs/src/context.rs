@@ -9,6 +9,7 @@ use tenant_domain::backup::BackupStore;
 use tenant_domain::billing::Billing;
 use tenant_domain::kv::Keys;
 use tenant_domain::mail::Mailer;
+use tenant_domain::quota::engine::QuotaEngine;
 use tokio::sync::watch;
 
 #[derive(Clone)]
@@ -18,6 +19,7 @@ pub struct JobContext {
     pub redis: ConnectionManager,
     pub keys: Keys,
     pub queue: Queue,
+    pub quota: Arc<QuotaEngine>,
     pub billing: Arc<dyn Billing>,
     pub mailer: Arc<dyn Mailer>,
     pub backups: BackupStore,

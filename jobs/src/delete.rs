@@ -70,7 +70,11 @@ impl Saga for Delete {
             "delete_rows" => {
                 backup::delete_scoped_rows(&ctx.db, id).await?;
             }
-            "finalize" => self.finalize(ctx).await?,
+            "finalize" => {
+                self.finalize(ctx).await?;
+                // The next quota check sees `deleted` without asking PostgreSQL.
+                ctx.quota.sync(&ctx.db, id).await?;
+            }
             "notify" => {
                 if let Some(to) = &self.tenant.owner_email {
                     let mail = OutgoingMail {

@@ -61,6 +61,15 @@ impl From<ExternalError> for StepError {
     }
 }
 
+impl From<tenant_domain::quota::engine::QuotaError> for StepError {
+    fn from(err: tenant_domain::quota::engine::QuotaError) -> Self {
+        match err {
+            tenant_domain::quota::engine::QuotaError::Store(e) => e.into(),
+            other => StepError::Transient(format!("quota store: {other}")),
+        }
+    }
+}
+
 impl From<tenant_domain::mail::MailError> for StepError {
     fn from(err: tenant_domain::mail::MailError) -> Self {
         match err {
@@ -132,6 +141,7 @@ pub async fn run(ctx: &JobContext, kind: JobKind, id: JobId) -> Result<Outcome, 
         JobKind::ProvisionTenant => run_saga::<crate::provision::Provision>(ctx, id).await,
         JobKind::DeleteTenant => run_saga::<crate::delete::Delete>(ctx, id).await,
         JobKind::RestoreTenant => run_saga::<crate::restore::Restore>(ctx, id).await,
+        JobKind::QuotaRollup => run_saga::<crate::rollup::Rollup>(ctx, id).await,
     }
 }
 

@@ -8,10 +8,12 @@ pub enum JobKind {
     ProvisionTenant,
     DeleteTenant,
     RestoreTenant,
+    QuotaRollup,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 3] = [JobKind::ProvisionTenant, JobKind::DeleteTenant, JobKind::RestoreTenant];
+    pub const ALL: [JobKind; 4] =
+        [JobKind::ProvisionTenant, JobKind::DeleteTenant, JobKind::RestoreTenant, JobKind::QuotaRollup];
 
     /// The `kind` clients see on the job.
     pub fn name(self) -> &'static str {
@@ -19,6 +21,7 @@ impl JobKind {
             JobKind::ProvisionTenant => "provision_tenant",
             JobKind::DeleteTenant => "delete_tenant",
             JobKind::RestoreTenant => "restore_tenant",
+            JobKind::QuotaRollup => "quota_rollup",
         }
     }
 
@@ -28,6 +31,7 @@ impl JobKind {
             JobKind::ProvisionTenant => "provision_tenant:v1",
             JobKind::DeleteTenant => "delete_tenant:v1",
             JobKind::RestoreTenant => "restore_tenant:v1",
+            JobKind::QuotaRollup => "quota_rollup:v1",
         }
     }
 
@@ -40,6 +44,7 @@ impl JobKind {
             JobKind::ProvisionTenant => crate::provision::STEPS,
             JobKind::DeleteTenant => crate::delete::STEPS,
             JobKind::RestoreTenant => crate::restore::STEPS,
+            JobKind::QuotaRollup => crate::rollup::STEPS,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod kinds;
 pub mod provision;
 pub mod queue;
 pub mod restore;
+pub mod rollup;
 
 pub use context::JobContext;
 pub use engine::{Outcome, StepError};

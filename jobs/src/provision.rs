@@ -12,8 +12,9 @@ use tenant_domain::billing::OpenAccount;
 use tenant_domain::jobs::{Job, StepRecord};
 use tenant_domain::mail::{self, OutgoingMail};
 use tenant_domain::plans::{self, Plan};
+use tenant_domain::quota::store as quotas;
 use tenant_domain::tenants::{self, Tenant};
-use tenant_domain::{JobId, TenantId, events, quotas, tenant_config, tenant_schema};
+use tenant_domain::{JobId, TenantId, events, tenant_config, tenant_schema};
 
 pub const STEPS: &[&str] =
     &["create_schema", "default_config", "quotas", "billing_account", "welcome_email", "activate"];
@@ -54,6 +55,8 @@ impl Saga for Provision {
             "default_config" => tenant_config::insert_defaults(&ctx.db, id).await?,
             "quotas" => {
                 quotas::insert_from_plan(&ctx.db, id, &self.plan).await?;
+                // Mirror limits and status into Redis, for the hot path.
+                ctx.quota.sync(&ctx.db, id).await?;
             }
             "billing_account" => {
                 ctx.billing
@@ -79,7 +82,10 @@ impl Saga for Provision {
                     mail::send_once(&ctx.db, ctx.mailer.as_ref(), &self.key(step), Some(id), "welcome", &mail).await?;
                 }
             }
-            "activate" => activate(ctx, &self.tenant).await?,
+            "activate" => {
+                activate(ctx, &self.tenant).await?;
+                ctx.quota.sync(&ctx.db, id).await?;
+            }
             other => return Err(StepError::Permanent(format!("unknown step {other}"))),
         }
         Ok(())
@@ -94,6 +100,7 @@ impl Saga for Provision {
             }
             "quotas" => {
                 quotas::delete_all(&ctx.db, id).await?;
+                ctx.quota.forget(id).await?;
             }
             "billing_account" => ctx.billing.close_account(id, &self.key("billing_account_undo")).await?,
             // A sent mail can't be unsent; activation is the last step and has nothing after it.

@@ -144,7 +144,10 @@ impl Saga for Restore {
                     })
                     .await?;
             }
-            "activate" => self.activate(ctx).await?,
+            "activate" => {
+                self.activate(ctx).await?;
+                ctx.quota.sync(&ctx.db, id).await?;
+            }
             other => return Err(StepError::Permanent(format!("unknown step {other}"))),
         }
         Ok(())

@@ -4,6 +4,7 @@ mod auth;
 mod envelope;
 mod lifecycle;
 mod operations;
+mod quotas;
 mod recovery;
 mod rls;
 mod tenants;

@@ -77,7 +77,7 @@ async fn the_service_reads_tenant_scoped_rows_through_the_policy() {
     let b = app.insert_tenant("Scoped B", "scoped-b", "free", TenantStatus::Active).await;
     app.insert_quotas_from_plan(&a).await;
     app.insert_quotas_from_plan(&b).await;
-    let rows = tenant_domain::tenants::quotas(&app.db, a.id).await.expect("quotas");
+    let rows = tenant_domain::quota::store::limits(&app.db, a.id).await.expect("quotas");
     assert_eq!(rows.len(), 8);
     let users = rows.iter().find(|r| r.resource_type == "users").expect("users");
     assert_eq!(users.limit_value, 100, "A is on pro, B on free");

@@ -87,6 +87,7 @@ pub fn test_env(database_url: &str) -> HashMap<String, String> {
         ("DATABASE_URL".into(), database_url.to_owned()),
         ("REDIS_URL".into(), redis_url()),
         ("REDIS_KEY_PREFIX".into(), format!("test:{}:", Uuid::new_v4().simple())),
+        ("EVENTS_STREAM".into(), format!("test-events:{}", Uuid::new_v4().simple())),
         ("JWT_SECRET".into(), format!("test-jwt-secret-{}", Uuid::new_v4())),
         ("SERVICE_TOKENS".into(), format!("rotated-out-token-0123456789,{SERVICE_TOKEN}")),
         ("TENANT_DB_POOL_SIZE".into(), "10".into()),

@@ -94,3 +94,36 @@ impl TestApp {
         }
     }
 }
+
+/// An API process (the `tenant-api` program), for tests that need a second, separate one.
+pub struct ApiProcess {
+    pub child: Child,
+    pub base: String,
+}
+
+impl TestApp {
+    /// Starts the API program `exe` (integration tests pass `env!("CARGO_BIN_EXE_api-under-test")`)
+    /// with this app's environment, and waits until it answers.
+    pub async fn spawn_api_process(&self, exe: &str) -> ApiProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let child = Command::new(exe)
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&self.env)
+            .env("SERVICE_HOST", "127.0.0.1")
+            .env("SERVICE_PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("api process starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let until = Instant::now() + Duration::from_secs(20);
+        while self.client.get(format!("{base}/livez")).send().await.is_err() {
+            assert!(Instant::now() < until, "API process did not start");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        ApiProcess { child, base }
+    }
+}

@@ -9,8 +9,10 @@
 //! backoff (apalis's retries only cover failures of the bookkeeping itself, and give up to the
 //! reconciler after a few).
 
+pub mod alerts;
 pub mod poll;
 pub mod reconciler;
+pub mod scheduler;
 
 use anyhow::Context as _;
 use apalis::prelude::{
@@ -23,6 +25,7 @@ use tenant_domain::backup::BackupStore;
 use tenant_domain::billing::LocalBilling;
 use tenant_domain::kv::{self, Keys};
 use tenant_domain::mail::LettreMailer;
+use tenant_domain::quota::engine::QuotaEngine;
 use tenant_domain::{Config, db};
 use tenant_jobs::{JobContext, JobKind, JobMessage, Queue, engine};
 use tokio::sync::watch;
@@ -72,7 +75,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let reconciler = tokio::spawn(reconciler::run(ctx.clone()));
+    let background = [
+        tokio::spawn(reconciler::run(ctx.clone())),
+        tokio::spawn(scheduler::run(ctx.clone())),
+        tokio::spawn(alerts::run(ctx.clone())),
+    ];
 
     let ctx = Arc::new(ctx);
     let mut monitor = Monitor::new()
@@ -109,7 +116,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             Ok(())
         })
         .await;
-    reconciler.abort();
+    for task in background {
+        task.abort();
+    }
     db.close().await;
     tracing::info!("tenant-worker stopped");
     result.map_err(|e| anyhow::anyhow!("queue workers: {e}"))
@@ -126,6 +135,7 @@ pub async fn context(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> an
         redis: redis.clone(),
         keys: Keys::new(config.redis_key_prefix.clone()),
         queue: Queue::new(redis, &config.redis_key_prefix, config.jobs.clone()),
+        quota: QuotaEngine::connect(&config)?,
         billing: Arc::new(LocalBilling::new(db.clone())),
         mailer: Arc::new(LettreMailer::new(&config.mail)?),
         backups: BackupStore::new(&config.backup)?,

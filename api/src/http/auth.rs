@@ -188,6 +188,15 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        if let Some(user) = parts.extensions.get::<AuthUser>() {
+            return Ok(user.clone());
+        }
+        authenticate(parts, state)
+    }
+}
+
+fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthUser> {
+    {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -204,6 +213,33 @@ impl FromRequestParts<AppState> for AuthUser {
             roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
         })
     }
+}
+
+/// Middleware for `/api/v1/*`: enforces the plan's `apiRateLimit` (requests per minute) per
+/// tenant, counted in Redis by the quota engine (429 `RATE_LIMITED` with `Retry-After`).
+/// Platform staff are not limited. If Redis can't answer, requests pass (logged): the admin API
+/// stays usable while the quota store is down.
+pub async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let user = match authenticate(&parts, &state) {
+        Ok(user) => user,
+        // Let the handler's extractor produce the 401.
+        Err(_) => return next.run(Request::from_parts(parts, body)).await,
+    };
+    if let (Some(tenant), false) = (user.tenant, user.is_platform_admin()) {
+        use tenant_domain::quota::Resource;
+        use tenant_domain::quota::engine::{Mode, Outcome};
+        match state.quota.check(&state.db, tenant, Resource::ApiRate, 1, Mode::Consume).await {
+            Ok(Outcome::Decided(d)) if !d.allowed => {
+                let retry = d.reset_at.map_or(60, |r| (r - chrono::Utc::now()).num_seconds() + 1);
+                return super::quotas::rate_limited(retry);
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%tenant, error = %err, "rate limit not enforced: quota store unavailable"),
+        }
+    }
+    parts.extensions.insert(user);
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// The calling service on `/internal/*`, from `X-Service-Name` (informational; the token is what

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub operation_duration: HistogramVec,
     pub cross_tenant_denials: IntCounter,
     pub active_tenants: IntGauge,
+    pub quota_fail_open: IntCounter,
+    pub quota_state_loads: IntGauge,
     pub db_connections: IntGauge,
 }
 
@@ -56,6 +58,14 @@ impl Metrics {
                 "Requests refused because the token belongs to another tenant",
             )?,
             active_tenants: IntGauge::new("tenant_active_count", "Tenants whose status is active")?,
+            quota_fail_open: IntCounter::new(
+                "tenant_quota_fail_open_total",
+                "Quota checks allowed without Redis (fail-open resources)",
+            )?,
+            quota_state_loads: IntGauge::new(
+                "tenant_quota_state_loads_total",
+                "Times a tenant's quota state had to be read from PostgreSQL into Redis",
+            )?,
             db_connections: IntGauge::new("tenant_database_connections_active", "PostgreSQL connections in use")?,
             registry,
         };
@@ -66,6 +76,8 @@ impl Metrics {
         m.registry.register(Box::new(m.operation_duration.clone()))?;
         m.registry.register(Box::new(m.cross_tenant_denials.clone()))?;
         m.registry.register(Box::new(m.active_tenants.clone()))?;
+        m.registry.register(Box::new(m.quota_fail_open.clone()))?;
+        m.registry.register(Box::new(m.quota_state_loads.clone()))?;
         m.registry.register(Box::new(m.db_connections.clone()))?;
         Ok(m)
     }
@@ -114,6 +126,8 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), count).await {
         m.active_tenants.set(n);
     }
+    m.quota_state_loads
+        .set(i64::try_from(state.quota.state_loads.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX));
     let in_use = state.db.size().saturating_sub(u32::try_from(state.db.num_idle()).unwrap_or(u32::MAX));
     m.db_connections.set(i64::from(in_use));
     let mut buf = Vec::new();

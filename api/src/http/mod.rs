@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod openapi;
 pub mod plans;
+pub mod quotas;
 pub mod response;
 pub mod tenants;
 pub mod validate;
@@ -38,12 +39,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tenants/restore", post(lifecycle::restore))
         .route("/api/v1/tenants/{id}", get(tenants::get).put(tenants::update).delete(lifecycle::delete))
         .route("/api/v1/tenants/{id}/jobs", get(jobs::list_for_tenant))
+        .route("/api/v1/tenants/{id}/quotas", get(quotas::list).put(quotas::set_limits))
+        .route("/api/v1/tenants/{id}/quotas/check", post(quotas::public_check))
+        .route("/api/v1/tenants/{id}/usage", get(quotas::usage))
         .route("/api/v1/jobs/{id}", get(jobs::get))
         .route("/api/v1/tenants/{id}/status", patch(tenants::set_status))
-        .route("/api/v1/plans", get(plans::list));
+        .route("/api/v1/plans", get(plans::list))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::rate_limit));
 
     let internal = Router::new()
         .route("/internal/tenants/validate", post(internal::validate))
+        .route("/internal/tenants/{id}/quota-check", post(quotas::internal_check))
+        .route("/internal/tenants/{id}/usage", post(quotas::record_usage))
+        .route("/internal/tenants/{id}/quotas", get(quotas::internal_list))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_service_token));
 
     let mut operations = Router::new()

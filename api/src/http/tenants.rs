@@ -12,7 +12,8 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::Instant;
-use tenant_domain::tenants::{self, ChangeContext, ListFilter, QuotaRow, Tenant, TenantUpdate};
+use tenant_domain::quota::store::{self as quota_store, LimitRow};
+use tenant_domain::tenants::{self, ChangeContext, ListFilter, Tenant, TenantUpdate};
 use tenant_domain::{PlanId, TenantId, TenantStatus, plans};
 use uuid::Uuid;
 
@@ -70,7 +71,7 @@ pub struct TenantDetail {
     #[serde(flatten)]
     pub tenant: Tenant,
     pub plan: PlanSummary,
-    pub quotas: Vec<QuotaRow>,
+    pub quotas: Vec<LimitRow>,
     /// The plan's feature flags with the tenant's overrides applied.
     #[schema(value_type = Object)]
     pub effective_features: Value,
@@ -101,7 +102,7 @@ pub async fn get(
 
 async fn detail(state: &AppState, tenant: Tenant) -> Result<TenantDetail> {
     let plan = plans::find(&state.db, &tenant.plan_id.to_string()).await?;
-    let quotas = tenants::quotas(&state.db, tenant.id).await?;
+    let quotas = quota_store::limits(&state.db, tenant.id).await?;
     let mut effective = plan.features.clone();
     if let (Some(eff), Some(overrides)) = (effective.as_object_mut(), tenant.features.as_object()) {
         for (flag, value) in overrides {
@@ -202,7 +203,14 @@ pub async fn set_status(
     }
     let started = Instant::now();
     let ctx = ChangeContext { actor: user.actor(), request_id: request_id.0 };
-    let result = tenants::set_status(&state.db, id, body.status, reason, &ctx).await;
+    let result = async {
+        let mut tx = state.db.begin().await.map_err(tenant_domain::Error::from)?;
+        let tenant = tenants::set_status(&mut tx, id, body.status, reason, &ctx).await?;
+        // Quota checks must see the new status at once.
+        super::quotas::commit_and_mirror(&state, tx, id).await?;
+        Ok::<_, ApiError>(tenant)
+    }
+    .await;
     state.metrics.operation("status_change", result.is_ok(), started);
     Ok(response::ok(result?))
 }
