@@ -10,8 +10,19 @@ use tenant_domain::quota::engine::QuotaEngine;
 use tenant_domain::{Config, db};
 use tenant_jobs::Queue;
 
+/// Cheap to clone: one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+pub struct AppInner {
     pub config: Arc<Config>,
     pub db: PgPool,
     pub redis: ConnectionManager,
@@ -30,7 +41,7 @@ impl AppState {
         let tokens = Arc::new(TokenVerifier::new(&config));
         let queue = Queue::new(redis.clone(), &config.redis_key_prefix, config.jobs.clone());
         let quota = QuotaEngine::connect(&config)?;
-        Ok(Self {
+        Ok(Self(Arc::new(AppInner {
             quota,
             queue,
             keys: Keys::new(config.redis_key_prefix.clone()),
@@ -39,6 +50,6 @@ impl AppState {
             redis,
             metrics: Arc::new(Metrics::new()?),
             tokens,
-        })
+        })))
     }
 }

@@ -16,6 +16,10 @@ pub enum Error {
     #[error("{message}")]
     InvalidState { message: String },
 
+    /// Refused by a business rule (403), e.g. `FEATURE_NOT_IN_PLAN`.
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: Cow<'static, str> },
+
     #[error("{message}")]
     Validation { field: Option<String>, message: String },
 

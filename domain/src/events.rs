@@ -13,6 +13,8 @@ pub const TENANT_STATUS_CHANGED: &str = "tenant.status_changed";
 pub const TENANT_DELETED: &str = "tenant.deleted";
 pub const TENANT_RESTORED: &str = "tenant.restored";
 pub const TENANT_QUOTAS_UPDATED: &str = "tenant.quotas.updated";
+pub const TENANT_CONFIG_UPDATED: &str = "tenant.config.updated";
+pub const TENANT_FEATURES_UPDATED: &str = "tenant.features.updated";
 
 /// Writes one event to the outbox; returns its id (which consumers use to deduplicate).
 pub async fn record(db: impl PgExecutor<'_>, tenant: TenantId, event_type: &str, data: Value) -> Result<Uuid> {

@@ -165,7 +165,12 @@ async fn create_delete_and_restore_round_trip() {
     assert_eq!(body["data"]["quotas"].as_array().map(Vec::len), Some(8));
     assert!(schema_exists(&app, &tenant).await);
     assert_eq!(count(&app, "select count(*) from tenants where slug = 'acme' and id <> $1", &tenant).await, 0);
-    assert_eq!(count(&app, "select count(*) from tenant_configs where tenant_id = $1", &tenant).await, 8);
+    let default_rows: usize = tenant_domain::tenant_config::schema::CATEGORIES
+        .iter()
+        .map(|c| tenant_domain::tenant_config::schema::leaves(c).len())
+        .sum();
+    let rows = count(&app, "select count(*) from tenant_configs where tenant_id = $1", &tenant).await;
+    assert_eq!(rows, i64::try_from(default_rows + 1).expect("small"), "every default, and initializedAt");
     assert_eq!(
         count(&app, "select count(*) from billing_accounts where tenant_id = $1 and status = 'active'", &tenant).await,
         1

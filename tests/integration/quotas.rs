@@ -231,6 +231,7 @@ async fn threshold_events(app: &TestApp, tenant: &Tenant) -> Vec<Value> {
         .map(|e| {
             let mut data: Value = serde_json::from_str(&e.get::<String>("data").unwrap_or_default()).expect("json");
             data["id"] = json!(e.get::<String>("id"));
+            data["occurredAt"] = json!(e.get::<String>("occurredAt"));
             data
         })
         .collect()
@@ -248,6 +249,11 @@ async fn thresholds_fire_exactly_once_each_under_concurrency_and_mail_the_owner(
     let thresholds: Vec<i64> = events.iter().filter_map(|e| e["threshold"].as_i64()).collect();
     assert_eq!(thresholds, [75, 90, 95], "{events:?}");
     assert!(events.iter().all(|e| e["resource"] == json!("email_sends") && e["limit"] == json!(100)));
+    for e in &events {
+        let at: DateTime<Utc> = e["occurredAt"].as_str().expect("occurredAt").parse().expect("ISO-8601");
+        assert!((Utc::now() - at).num_seconds().abs() < 60, "{e}");
+        assert!(e["id"].as_str().is_some_and(|id| id.starts_with(&format!("quota:{}:email_sends:", t.id))), "{e}");
+    }
 
     // the worker mails the owner at 90 % and 95 %, once each
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -113,6 +113,7 @@ impl From<DomainError> for ApiError {
         match err {
             DomainError::NotFound { code, what } => Self::new(StatusCode::NOT_FOUND, code, format!("{what} not found")),
             DomainError::Conflict { code, message } => Self::new(StatusCode::CONFLICT, code, message),
+            DomainError::Forbidden { code, message } => Self::new(StatusCode::FORBIDDEN, code, message),
             DomainError::InvalidState { message } => Self::new(StatusCode::CONFLICT, "INVALID_STATE", message),
             DomainError::Validation { field: Some(field), message } => Self::field(&field, message),
             DomainError::Validation { field: None, message } => Self::validation(message),

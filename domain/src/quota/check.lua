@@ -1,19 +1,37 @@
 -- Atomic quota check / consume / record for one tenant resource, in one round trip.
 -- Keys are built here from the tenant's key base (single-node Redis; not cluster-safe).
+-- __STREAM__, __MAXLEN__ and __GRACE__ are filled in from the configuration when the script is
+-- loaded, so each call carries only what varies.
 --
 -- ARGV[1]  key base of the tenant, e.g. "tenant:t:<uuid>:"
 -- ARGV[2]  resource
 -- ARGV[3]  amount (integer; negative only when recording a gauge going down)
 -- ARGV[4]  mode: "check" (decide only), "consume" (decide and count if allowed),
 --          "record" (count unconditionally: usage that already happened)
--- ARGV[5]  now, unix seconds
--- ARGV[6..15] start/end of the current minute, hour, day, week and month windows
--- ARGV[16] events stream, ARGV[17] tenant id, ARGV[18] stream max length,
--- ARGV[19] seconds a window's keys outlive the window (for rollups), ARGV[20] now as ISO-8601
+-- ARGV[5]  now, unix seconds (UTC)
+-- ARGV[6], ARGV[7]  start and end of the current calendar month (the other windows are
+--          computed here: minute, hour, day, and weeks starting on Monday)
 --
 -- State hash "<base>state": status, l:<resource> (limit), p:<resource> (reset period).
 -- Returns {code, limit, used, reset_at, status, crossed}:
 --   code 1 allowed, 0 denied, -1 no state for the tenant, -2 tenant not active, -3 no limit.
+-- Unix seconds as ISO-8601 UTC (days to civil date: H. Hinnant's algorithm).
+local function iso(ts)
+  local days = math.floor(ts / 86400)
+  local secs = ts - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02dZ', y, m, d,
+                       math.floor(secs / 3600), math.floor(secs % 3600 / 60), secs % 60)
+end
+
 local base, res, amount, mode = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local now = tonumber(ARGV[5])
 local state = redis.call('HMGET', base .. 'state', 'status', 'l:' .. res, 'p:' .. res)
@@ -23,48 +41,65 @@ if status ~= 'active' then return {-2, 0, 0, 0, status, ''} end
 if not limit then return {-3, 0, 0, 0, status, ''} end
 limit = tonumber(limit)
 
-local slot = ({minute = 0, hourly = 1, daily = 2, weekly = 3, monthly = 4})[period]
 local key, window, reset_at, ttl = base .. 'u:' .. res, 'gauge', 0, 0
+local slot = period ~= 'none' and period ~= nil
 if slot then
-  window = ARGV[6 + slot * 2]
-  reset_at = tonumber(ARGV[7 + slot * 2])
+  local start
+  if period == 'monthly' then
+    start, reset_at = tonumber(ARGV[6]), tonumber(ARGV[7])
+  else
+    local len = ({minute = 60, hourly = 3600, daily = 86400, weekly = 604800})[period] or 86400
+    local offset = period == 'weekly' and 345600 or 0 -- 1970-01-05 was a Monday
+    start = math.floor((now - offset) / len) * len + offset
+    reset_at = start + len
+  end
+  window = string.format('%d', start)
   key = key .. ':' .. window
-  ttl = reset_at - now + tonumber(ARGV[19])
+  ttl = reset_at - now + __GRACE__
 end
 
-local used = tonumber(redis.call('GET', key) or '0')
-local allowed = 1
-if mode ~= 'record' and used + amount > limit then allowed = 0 end
-local after = used
-if mode == 'record' or (mode == 'consume' and allowed == 1) then
+-- Consuming: count first, take it back if that went over (one write on the common path).
+local used, after, allowed = 0, 0, 1
+if mode == 'check' then
+  used = tonumber(redis.call('GET', key) or '0')
+  after = used
+  if used + amount > limit then allowed = 0 end
+else
   after = redis.call('INCRBY', key, ARGV[3])
-  if after < 0 then
+  used = after - amount
+  if mode == 'consume' and after > limit then
+    if used <= 0 then redis.call('DEL', key) else redis.call('DECRBY', key, ARGV[3]) end
+    after = used
+    allowed = 0
+  elseif after < 0 then
     redis.call('SET', key, 0)
     after = 0
   end
-  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+  -- a fresh key (nothing counted before) gets its expiry
+  if used <= 0 and ttl > 0 and after > 0 then redis.call('EXPIRE', key, ttl) end
 end
 
 -- Thresholds: each fires once per window (decided here, so concurrency can't repeat or skip it).
 local crossed = {}
-if after ~= used and limit > 0 then
+if after ~= used and limit > 0 and (after * 100 >= 75 * limit or used * 100 >= 75 * limit) then
   local flags = key .. ':th'
   for _, t in ipairs({75, 90, 95}) do
     local was, is = used * 100 >= t * limit, after * 100 >= t * limit
     if is and not was then
       if redis.call('HSETNX', flags, t, now) == 1 then
+        if ttl > 0 then redis.call('EXPIRE', flags, ttl) end
         table.insert(crossed, t)
-        local id = 'quota:' .. ARGV[17] .. ':' .. res .. ':' .. window .. ':' .. t
+        local tenant = string.match(base, 't:([^:]+):$') or ''
+        local id = 'quota:' .. tenant .. ':' .. res .. ':' .. window .. ':' .. t
         local data = cjson.encode({resource = res, threshold = t, used = after, limit = limit,
                                    window = window, resetAt = reset_at})
-        redis.call('XADD', ARGV[16], 'MAXLEN', '~', ARGV[18], '*', 'id', id,
-                   'type', 'quota.threshold_crossed', 'tenantId', ARGV[17], 'occurredAt', ARGV[20], 'data', data)
+        redis.call('XADD', '__STREAM__', 'MAXLEN', '~', '__MAXLEN__', '*', 'id', id,
+                   'type', 'quota.threshold_crossed', 'tenantId', tenant, 'occurredAt', iso(now), 'data', data)
       end
     elseif was and not is and not slot then
       -- a gauge went back below the threshold: it may fire again
       redis.call('HDEL', flags, t)
     end
   end
-  if ttl > 0 then redis.call('EXPIRE', flags, ttl) end
 end
 return {allowed, limit, after, reset_at, status, table.concat(crossed, ',')}

@@ -13,7 +13,7 @@
 use super::{Period, Resource, window};
 use crate::config::Config;
 use crate::{Result, TenantId, TenantStatus};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use redis::Script;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -109,8 +109,6 @@ pub struct QuotaEngine {
     next: AtomicUsize,
     script: Script,
     prefix: String,
-    stream: String,
-    stream_maxlen: u64,
     timeout: Duration,
     grace: Duration,
     /// Times the state of a tenant had to be read from PostgreSQL.
@@ -122,10 +120,8 @@ impl QuotaEngine {
         Arc::new(Self {
             conns,
             next: AtomicUsize::new(0),
-            script: Script::new(SCRIPT),
+            script: Script::new(&script_source(config)),
             prefix: config.redis_key_prefix.clone(),
-            stream: config.events_stream.clone(),
-            stream_maxlen: config.events_stream_maxlen,
             timeout: config.quota.timeout,
             grace: config.quota.window_grace,
             state_loads: AtomicU64::new(0),
@@ -169,22 +165,15 @@ impl QuotaEngine {
         now: DateTime<Utc>,
     ) -> Result<RawOutcome, QuotaError> {
         let mut invocation = self.script.prepare_invoke();
+        let month = window(Period::Monthly, now).unwrap_or(super::Window { start: now, end: now });
         invocation
             .arg(self.base_key(tenant))
             .arg(resource.as_str())
             .arg(amount)
             .arg(mode.as_str())
-            .arg(now.timestamp());
-        for period in [Period::Minute, Period::Hourly, Period::Daily, Period::Weekly, Period::Monthly] {
-            let w = window(period, now).unwrap_or(super::Window { start: now, end: now });
-            invocation.arg(w.start.timestamp()).arg(w.end.timestamp());
-        }
-        invocation
-            .arg(&self.stream)
-            .arg(tenant.to_string())
-            .arg(self.stream_maxlen)
-            .arg(self.grace.as_secs())
-            .arg(now.to_rfc3339_opts(SecondsFormat::Millis, true));
+            .arg(now.timestamp())
+            .arg(month.start.timestamp())
+            .arg(month.end.timestamp());
         let mut conn = self.conn();
         let reply: (i64, i64, i64, i64, String, String) =
             tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
@@ -342,6 +331,15 @@ impl QuotaEngine {
         let mut conn = self.conn();
         Ok(redis::cmd("EXISTS").arg(self.state_key(tenant)).query_async(&mut conn).await?)
     }
+}
+
+/// The script, with this deployment's stream, its cap and the window grace period filled in.
+pub fn script_source(config: &Config) -> String {
+    let quoted = config.events_stream.replace('\\', "\\\\").replace('\'', "\\'");
+    SCRIPT
+        .replace("__STREAM__", &quoted)
+        .replace("__MAXLEN__", &config.events_stream_maxlen.to_string())
+        .replace("__GRACE__", &config.quota.window_grace.as_secs().to_string())
 }
 
 /// The outcome of one script call, before the fallback.

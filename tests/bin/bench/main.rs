@@ -1,17 +1,25 @@
-//! `tenant-bench [provision | all]`: the benchmarks behind `scripts/bench`. Each starts the real
+//! `tenant-bench [provision | quota [seconds] | all]`: the benchmarks behind `scripts/bench`. Each starts the real
 //! release binaries (`tenant-api`, `tenant-worker`) next to this one, against a fresh database and
 //! Redis key prefix, measures, and prints throughput, latency percentiles and the ratio to a
 //! reference measured in the same run.
 
 mod processes;
 mod provision;
+mod quota;
 mod stats;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let seconds: u64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(10);
     match which.as_str() {
-        "provision" | "all" => provision::run().await,
-        other => anyhow::bail!("unknown benchmark {other:?}; expected provision or all"),
+        "provision" => provision::run().await,
+        "quota" => quota::run(seconds).await,
+        "all" => {
+            provision::run().await?;
+            println!();
+            quota::run(seconds).await
+        }
+        other => anyhow::bail!("unknown benchmark {other:?}; expected provision, quota or all"),
     }
 }

@@ -1,0 +1,174 @@
+//! The tenant context: everything another service needs about a tenant on each request —
+//! status, plan, effective features, quota limits, and the tenant configuration with secrets
+//! masked — built from PostgreSQL and cached in two levels (in-process in the API, then Redis).
+//!
+//! This module builds it and owns the Redis level: `t:<id>:ctx` (JSON, expiring after
+//! `REDIS_TENANT_CONFIG_TTL`) and `t:<id>:ctxver`, a version bumped by every invalidation. A
+//! reader that loaded from PostgreSQL writes the Redis copy only if the version it saw before
+//! loading is still current (compare-and-set in Lua), so a load racing a change can't put stale
+//! data back. Every invalidation is also published on `cache-invalidate`, so each API replica
+//! drops its in-process copy at once.
+
+use crate::tenant_config::secrets::ConfigCipher;
+use crate::tenant_config::store as config_store;
+use crate::{Config, Result, TenantId, TenantStatus, features, plans, quota, tenants};
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sqlx::PgPool;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantContext {
+    pub tenant: ContextTenant,
+    pub plan: ContextPlan,
+    /// `{flag: enabled}` with overrides applied.
+    #[schema(value_type = Object)]
+    pub features: Map<String, Value>,
+    /// `{resource: {limit, unit, resetPeriod}}`.
+    #[schema(value_type = Object)]
+    pub quotas: Map<String, Value>,
+    /// The tenant configuration layer, secrets masked.
+    #[schema(value_type = Object)]
+    pub config: Value,
+    pub generated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContextTenant {
+    pub id: TenantId,
+    pub slug: String,
+    pub name: String,
+    pub domain: Option<String>,
+    pub status: TenantStatus,
+    /// True when the tenant is active.
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContextPlan {
+    pub id: crate::PlanId,
+    pub slug: String,
+    pub name: String,
+    pub api_rate_limit: i32,
+}
+
+/// Builds the context from PostgreSQL; `None` for an unknown tenant.
+pub async fn build(db: &PgPool, cipher: &ConfigCipher, id: TenantId) -> Result<Option<TenantContext>> {
+    let tenant = match tenants::get(db, id).await {
+        Ok(t) => t,
+        Err(crate::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let plan = plans::find(db, &tenant.plan_id.to_string()).await?;
+    let limits = quota::store::limits(db, id).await?;
+    let quotas = limits
+        .iter()
+        .map(|l| {
+            (l.resource_type.clone(), json!({ "limit": l.limit_value, "unit": l.unit, "resetPeriod": l.reset_period }))
+        })
+        .collect();
+    let config = config_store::read_layer(db, cipher, id).await?;
+    Ok(Some(TenantContext {
+        features: features::effective(&plan.features, &tenant.features),
+        tenant: ContextTenant {
+            id,
+            active: tenant.status == TenantStatus::Active,
+            slug: tenant.slug,
+            name: tenant.name,
+            domain: tenant.domain,
+            status: tenant.status,
+        },
+        plan: ContextPlan { id: plan.id, slug: plan.slug, name: plan.name, api_rate_limit: plan.api_rate_limit },
+        quotas,
+        config,
+        generated_at: Utc::now(),
+    }))
+}
+
+const CAS_SET: &str = r"
+if (redis.call('GET', KEYS[2]) or '0') == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0";
+
+/// The Redis level of the context cache, and invalidation.
+#[derive(Clone)]
+pub struct ContextStore {
+    conn: ConnectionManager,
+    prefix: String,
+    ttl_secs: u64,
+    cas: redis::Script,
+}
+
+impl ContextStore {
+    pub fn new(config: &Config, conn: ConnectionManager) -> Self {
+        Self {
+            conn,
+            prefix: config.redis_key_prefix.clone(),
+            ttl_secs: config.tenant_config_ttl.as_secs().max(1),
+            cas: redis::Script::new(CAS_SET),
+        }
+    }
+
+    fn keys(&self, id: TenantId) -> (String, String) {
+        (format!("{}t:{id}:ctx", self.prefix), format!("{}t:{id}:ctxver", self.prefix))
+    }
+
+    /// The pub/sub channel every replica listens on.
+    pub fn channel(prefix: &str) -> String {
+        format!("{prefix}cache-invalidate")
+    }
+
+    /// The cached context (if any) and the version to write a fresh one under.
+    pub async fn get(&self, id: TenantId) -> redis::RedisResult<(Option<TenantContext>, String)> {
+        let (ctx_key, ver_key) = self.keys(id);
+        let mut conn = self.conn.clone();
+        let (raw, version): (Option<String>, Option<String>) =
+            redis::pipe().get(&ctx_key).get(&ver_key).query_async(&mut conn).await?;
+        let ctx = raw.and_then(|r| serde_json::from_str(&r).ok());
+        Ok((ctx, version.unwrap_or_else(|| "0".into())))
+    }
+
+    /// Stores `ctx` unless the context was invalidated since `version` was read.
+    pub async fn put(&self, id: TenantId, ctx: &TenantContext, version: &str) -> redis::RedisResult<bool> {
+        let (ctx_key, ver_key) = self.keys(id);
+        let json = serde_json::to_string(ctx).unwrap_or_default();
+        let mut conn = self.conn.clone();
+        let stored: i64 = self
+            .cas
+            .key(ctx_key)
+            .key(ver_key)
+            .arg(version)
+            .arg(json)
+            .arg(self.ttl_secs)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(stored == 1)
+    }
+
+    /// Drops the tenant's cached context everywhere: bumps its version, deletes the Redis copy,
+    /// and tells every replica to drop its in-process copy.
+    pub async fn invalidate(&self, id: TenantId) -> redis::RedisResult<()> {
+        let (ctx_key, ver_key) = self.keys(id);
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .incr(&ver_key, 1)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&ver_key)
+            .arg(self.ttl_secs * 2)
+            .ignore()
+            .del(&ctx_key)
+            .ignore()
+            .publish(Self::channel(&self.prefix), id.to_string())
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+    }
+}

@@ -1,0 +1,239 @@
+//! Quota checks: `POST /internal/tenants/{id}/quota-check` with `consume:true` over 100 tenants
+//! at 64 connections, with wrk, against a release `tenant-api` process; in the same run and with
+//! the same settings the same server's cheapest route (`GET /livez`, touches nothing) and Redis
+//! itself (`redis-benchmark` running the same EVALSHA).
+
+use crate::processes::{self, spawn};
+use serde_json::json;
+use tenant_domain::tenants::NewTenant;
+use tenant_domain::{Config, TenantId, TenantStatus, plans, quota, tenants};
+use tenant_tests::{SERVICE_TOKEN, fresh_database, test_env};
+use tokio::process::Command;
+use uuid::Uuid;
+
+const TENANTS: usize = 100;
+const CONNECTIONS: usize = 64;
+
+/// One load run's figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub errors: u64,
+}
+
+pub async fn run(seconds: u64) -> anyhow::Result<()> {
+    println!("quota check: {TENANTS} tenants, {CONNECTIONS} connections, {seconds} s per run, wrk -t2");
+    let database_url = fresh_database().await?;
+    let mut env = test_env(&database_url);
+    let port = processes::free_port()?;
+    for (k, v) in [
+        ("SERVICE_HOST", "127.0.0.1".to_string()),
+        ("SERVICE_PORT", port.to_string()),
+        ("RUST_LOG", "error".to_string()),
+    ] {
+        env.insert(k.into(), v);
+    }
+    let config = Config::from_lookup(|k| env.get(k).cloned())?;
+    let db = sqlx::PgPool::connect(&database_url).await?;
+    let plan = plans::find(&db, "enterprise").await?;
+    let mut ids = Vec::with_capacity(TENANTS);
+    for i in 0..TENANTS {
+        let tenant = tenants::insert(
+            &db,
+            &NewTenant {
+                id: TenantId::new_v7(),
+                name: format!("Load {i}"),
+                slug: format!("load-{i:03}"),
+                domain: None,
+                status: TenantStatus::Active,
+                plan_id: plan.id,
+                owner_id: Uuid::new_v4(),
+                owner_email: None,
+                settings: json!({}),
+                features: json!({}),
+            },
+        )
+        .await?;
+        quota::store::insert_from_plan(&db, tenant.id, &plan).await?;
+        // Far from the limit: every check is allowed and counted.
+        sqlx::query(
+            "update tenant_quotas set limit_value = 1000000000000 where tenant_id = $1 and resource_type = 'api_calls'",
+        )
+        .bind(tenant.id)
+        .execute(&db)
+        .await?;
+        ids.push(tenant.id);
+    }
+    let _api = spawn("tenant-api", &["serve"], &env)?;
+    let base = format!("http://127.0.0.1:{port}");
+    processes::wait_ready(&format!("{base}/health")).await?;
+    // Warm: each tenant's state is loaded into Redis once.
+    let client = reqwest::Client::new();
+    for id in &ids {
+        let res = client
+            .post(format!("{base}/internal/tenants/{id}/quota-check"))
+            .header("x-service-token", SERVICE_TOKEN)
+            .json(&json!({ "resource": "api_calls", "consume": true }))
+            .send()
+            .await?;
+        anyhow::ensure!(res.status().is_success(), "warm-up check answered {}", res.status());
+    }
+
+    let script = wrk_script(&ids)?;
+    let quota = wrk(&base, &script, seconds).await?;
+    let livez = wrk_get(&format!("{base}/livez"), seconds).await?;
+    let redis = redis_benchmark(&config, ids[0], seconds).await?;
+
+    println!();
+    println!("{:<44} {:>12} {:>10} {:>10} {:>10}", "", "requests/s", "p50", "p99", "p99.9");
+    for (name, l) in [
+        ("POST /internal/tenants/{id}/quota-check", quota),
+        ("GET /livez (static route, reference)", livez),
+        ("redis-benchmark EVALSHA (same script)", redis),
+    ] {
+        println!(
+            "{:<44} {:>12.0} {:>7.2} ms {:>7.2} ms {:>7.2} ms{}",
+            name,
+            l.rps,
+            l.p50_ms,
+            l.p99_ms,
+            l.p999_ms,
+            if l.errors > 0 { format!("  ({} errors)", l.errors) } else { String::new() }
+        );
+    }
+    println!();
+    println!("quota-check / static route throughput: {:.2}  (bar: ≥ 0.40)", quota.rps / livez.rps);
+    println!("quota-check / redis EVALSHA throughput: {:.2}", quota.rps / redis.rps);
+    println!("quota-check p99: {:.2} ms  (bar: ≤ 10 ms)", quota.p99_ms);
+    let counted: i64 = {
+        let engine = tenant_domain::quota::engine::QuotaEngine::connect(&config)?;
+        let now = chrono::Utc::now();
+        let mut total = 0;
+        for id in &ids {
+            let used = engine.usage(*id, &[("api_calls".into(), quota::Period::Daily, now)]).await?;
+            total += used.first().copied().unwrap_or(0);
+        }
+        total
+    };
+    println!("api_calls counted in Redis over all tenants: {counted}");
+    Ok(())
+}
+
+fn wrk_script(ids: &[TenantId]) -> anyhow::Result<tempfile_path::Path> {
+    let list = ids.iter().map(|id| format!("\"{id}\"")).collect::<Vec<_>>().join(",");
+    let lua = format!(
+        r#"local ids = {{{list}}}
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Service-Token"] = "{SERVICE_TOKEN}"
+wrk.body = '{{"resource":"api_calls","consume":true}}'
+request = function()
+  i = i + 1
+  return wrk.format(nil, "/internal/tenants/" .. ids[(i % #ids) + 1] .. "/quota-check")
+end
+{DONE}"#
+    );
+    tempfile_path::write(&lua)
+}
+
+const DONE: &str = r#"done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout
+  io.write(string.format("RESULT %f %f %f %f %d\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency:percentile(99.9) / 1000, errors))
+end"#;
+
+async fn wrk_get(url: &str, seconds: u64) -> anyhow::Result<Load> {
+    let script = tempfile_path::write(DONE)?;
+    run_wrk(url, &script, seconds).await
+}
+
+async fn wrk(base: &str, script: &tempfile_path::Path, seconds: u64) -> anyhow::Result<Load> {
+    run_wrk(base, script, seconds).await
+}
+
+async fn run_wrk(url: &str, script: &tempfile_path::Path, seconds: u64) -> anyhow::Result<Load> {
+    let out = Command::new("wrk")
+        .args(["-t2", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s"), "--timeout", "5s", "-s"])
+        .arg(&script.0)
+        .arg(url)
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("wrk: {e} (install it: apt-get install wrk)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .ok_or_else(|| anyhow::anyhow!("wrk printed no result:\n{text}"))?;
+    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    anyhow::ensure!(v.len() == 5, "bad wrk result line {line}");
+    Ok(Load { rps: v[0], p50_ms: v[1], p99_ms: v[2], p999_ms: v[3], errors: v[4] as u64 })
+}
+
+/// `redis-benchmark` running the quota script itself for one tenant, at the same concurrency.
+async fn redis_benchmark(config: &Config, tenant: TenantId, seconds: u64) -> anyhow::Result<Load> {
+    let url = config.redis_url.expose().trim_start_matches("redis://").trim_end_matches('/').to_owned();
+    let (host, port) =
+        url.rsplit_once(':').map_or((url.as_str(), "6379"), |(h, p)| (h, p.split('/').next().unwrap_or(p)));
+    let mut conn = redis::Client::open(config.redis_url.expose().as_str())?.get_multiplexed_async_connection().await?;
+    let source = tenant_domain::quota::engine::script_source(config);
+    let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(source).query_async(&mut conn).await?;
+    let now = chrono::Utc::now();
+    let month = quota::window(quota::Period::Monthly, now).ok_or_else(|| anyhow::anyhow!("window"))?;
+    let args: Vec<String> = vec![
+        format!("{}t:{tenant}:", config.redis_key_prefix),
+        "api_calls".into(),
+        "1".into(),
+        "consume".into(),
+        now.timestamp().to_string(),
+        month.start.timestamp().to_string(),
+        month.end.timestamp().to_string(),
+    ];
+    // Calibrate the request count to about `seconds` of load.
+    let requests = 40_000 * seconds;
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-h",
+            host,
+            "-p",
+            port,
+            "-c",
+            &CONNECTIONS.to_string(),
+            "-n",
+            &requests.to_string(),
+            "--csv",
+            "EVALSHA",
+            &sha,
+            "0",
+        ])
+        .args(&args)
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("redis-benchmark: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+    let row = text.lines().last().ok_or_else(|| anyhow::anyhow!("redis-benchmark printed nothing: {text}"))?;
+    let cols: Vec<f64> = row.split(',').skip(1).filter_map(|c| c.trim_matches('"').parse().ok()).collect();
+    anyhow::ensure!(cols.len() >= 7, "unexpected redis-benchmark output: {text}");
+    Ok(Load { rps: cols[0], p50_ms: cols[3], p99_ms: cols[5], p999_ms: cols[6], errors: 0 })
+}
+
+/// Temporary script files.
+mod tempfile_path {
+    pub struct Path(pub std::path::PathBuf);
+
+    impl Drop for Path {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    pub fn write(content: &str) -> anyhow::Result<Path> {
+        let path = std::env::temp_dir().join(format!("tenant-bench-{}.lua", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&path, content)?;
+        Ok(Path(path))
+    }
+}
