@@ -3,6 +3,7 @@
 //! checks itself and hands every slow or multi-step change to the workers as a job. This crate
 //! holds only HTTP; the domain lives in `tenant-domain`.
 
+pub mod cache;
 pub mod cli;
 pub mod http;
 pub mod state;

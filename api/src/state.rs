@@ -1,5 +1,6 @@
 //! Application state: cheap clones of the pools, the config and the metrics registry.
 
+use crate::cache::ContextCache;
 use crate::http::auth::TokenVerifier;
 use crate::http::metrics::Metrics;
 use redis::aio::ConnectionManager;
@@ -7,6 +8,7 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use tenant_domain::kv::{self, Keys};
 use tenant_domain::quota::engine::QuotaEngine;
+use tenant_domain::tenant_config::secrets::ConfigCipher;
 use tenant_domain::{Config, db};
 use tenant_jobs::Queue;
 
@@ -31,6 +33,8 @@ pub struct AppInner {
     pub tokens: Arc<TokenVerifier>,
     pub queue: Queue,
     pub quota: Arc<QuotaEngine>,
+    pub contexts: Arc<ContextCache>,
+    pub cipher: ConfigCipher,
 }
 
 impl AppState {
@@ -41,7 +45,11 @@ impl AppState {
         let tokens = Arc::new(TokenVerifier::new(&config));
         let queue = Queue::new(redis.clone(), &config.redis_key_prefix, config.jobs.clone());
         let quota = QuotaEngine::connect(&config)?;
+        let contexts = Arc::new(ContextCache::new(&config, redis.clone()));
+        let cipher = ConfigCipher::new(config.config_keys.clone());
         Ok(Self(Arc::new(AppInner {
+            contexts,
+            cipher,
             quota,
             queue,
             keys: Keys::new(config.redis_key_prefix.clone()),

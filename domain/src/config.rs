@@ -43,6 +43,29 @@ pub struct Config {
     /// The Redis Stream events are published to (`tenant-events`).
     pub events_stream: String,
     pub events_stream_maxlen: u64,
+    /// `CONFIG_ENCRYPTION_KEY` first (it encrypts), then `CONFIG_ENCRYPTION_OLD_KEYS`.
+    pub config_keys: Vec<(String, Secret<[u8; 32]>)>,
+    pub region: String,
+    pub cache: CacheSettings,
+    pub outbound: OutboundSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// How long an API replica keeps a tenant context in memory (invalidations drop it sooner).
+    pub local_ttl: Duration,
+    pub local_capacity: u64,
+}
+
+/// Calls to the platform's audit and notification services, made by jobs.
+#[derive(Debug, Clone)]
+pub struct OutboundSettings {
+    pub audit_url: Option<String>,
+    pub notification_url: Option<String>,
+    /// Sent as `X-Service-Token`; defaults to the first of `SERVICE_TOKENS`.
+    pub token: Secret<String>,
+    pub timeout: Duration,
+    pub outbox_poll: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +207,8 @@ impl Config {
         {
             return Err(ConfigError::new("USAGE_CALCULATION_TIMEZONE", format!("only UTC is supported, got {tz:?}")));
         }
+        let outbound_token =
+            env.get("OUTBOUND_SERVICE_TOKEN").map(Secret::new).unwrap_or_else(|| service_tokens[0].clone());
         Ok(Config {
             service_name: env.get("SERVICE_NAME").unwrap_or_else(|| "tenant-management-service".into()),
             environment: env.get("APP_ENV").or_else(|| env.get("NODE_ENV")).unwrap_or_else(|| "development".into()),
@@ -259,6 +284,36 @@ impl Config {
                 rollup_interval: Duration::from_secs(env.parse_in("ROLLUP_INTERVAL_SECS", 300, 1..=86_400)?),
                 window_grace: Duration::from_secs(7200),
             },
+            config_keys: {
+                let mut keys = vec![(
+                    env.get("CONFIG_ENCRYPTION_KEY_ID").unwrap_or_else(|| "k1".into()),
+                    env.key32("CONFIG_ENCRYPTION_KEY")?,
+                )];
+                for item in env
+                    .get("CONFIG_ENCRYPTION_OLD_KEYS")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|i| !i.trim().is_empty())
+                {
+                    let (id, key) = item.trim().split_once(':').ok_or_else(|| {
+                        ConfigError::new("CONFIG_ENCRYPTION_OLD_KEYS", "expected comma-separated <key id>:<base64 key>")
+                    })?;
+                    keys.push((id.to_owned(), decode_key32("CONFIG_ENCRYPTION_OLD_KEYS", key)?));
+                }
+                keys
+            },
+            region: env.get("REGION").unwrap_or_else(|| "local".into()),
+            cache: CacheSettings {
+                local_ttl: Duration::from_secs(env.parse_in("CACHE_LOCAL_TTL_SECS", 300, 1..=86_400)?),
+                local_capacity: env.parse_in("CACHE_LOCAL_CAPACITY", 10_000, 10..=10_000_000)?,
+            },
+            outbound: OutboundSettings {
+                audit_url: env.url("AUDIT_SERVICE_URL")?,
+                notification_url: env.url("NOTIFICATION_SERVICE_URL")?,
+                token: outbound_token,
+                timeout: Duration::from_millis(env.parse_in("INTERNAL_API_TIMEOUT", 5000, 1..=600_000)?),
+                outbox_poll: Duration::from_millis(env.parse_in("OUTBOX_POLL_MS", 200, 10..=60_000)?),
+            },
             events_stream: env.get("EVENTS_STREAM").unwrap_or_else(|| "tenant-events".into()),
             events_stream_maxlen: env.parse_in("EVENTS_STREAM_MAXLEN", 1_000_000, 1000..=1_000_000_000)?,
             backup: BackupSettings {
@@ -277,6 +332,15 @@ impl ConfigError {
     fn new(var: &'static str, message: impl Into<String>) -> Self {
         Self { var, message: message.into() }
     }
+}
+
+fn decode_key32(name: &'static str, raw: &str) -> Result<Secret<[u8; 32]>, ConfigError> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(raw.trim().as_bytes())
+        .map_err(|_| ConfigError::new(name, "not valid base64"))?;
+    let key: [u8; 32] = bytes.try_into().map_err(|_| ConfigError::new(name, "must decode to exactly 32 bytes"))?;
+    Ok(Secret::new(key))
 }
 
 struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
@@ -324,15 +388,19 @@ impl Env<'_> {
 
     /// A required 32-byte key, given as base64.
     fn key32(&self, name: &'static str) -> Result<Secret<[u8; 32]>, ConfigError> {
-        use base64::Engine as _;
         let raw = self.get(name).ok_or_else(|| {
             ConfigError::new(name, "required: 32 random bytes as base64 (e.g. `openssl rand -base64 32`)")
         })?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(raw.as_bytes())
-            .map_err(|_| ConfigError::new(name, "not valid base64"))?;
-        let key: [u8; 32] = bytes.try_into().map_err(|_| ConfigError::new(name, "must decode to exactly 32 bytes"))?;
-        Ok(Secret::new(key))
+        decode_key32(name, &raw)
+    }
+
+    /// An optional http(s) URL.
+    fn url(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => Ok(Some(u)),
+            Some(_) => Err(ConfigError::new(name, "must be an http:// or https:// URL")),
+        }
     }
 
     fn parse_bool(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
@@ -357,6 +425,7 @@ mod tests {
             ("JWT_SECRET", "0123456789abcdef0123456789abcdef-very-secret".to_string()),
             ("SERVICE_TOKENS", "token-one-0123456789, token-two-0123456789".to_string()),
             ("BACKUP_ENCRYPTION_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_string()),
+            ("CONFIG_ENCRYPTION_KEY", "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=".to_string()),
         ])
     }
 

@@ -20,6 +20,8 @@ pub struct JobContext {
     pub keys: Keys,
     pub queue: Queue,
     pub quota: Arc<QuotaEngine>,
+    /// For calls to the platform's other services.
+    pub http: reqwest::Client,
     pub billing: Arc<dyn Billing>,
     pub mailer: Arc<dyn Mailer>,
     pub backups: BackupStore,

@@ -142,6 +142,7 @@ pub async fn run(ctx: &JobContext, kind: JobKind, id: JobId) -> Result<Outcome, 
         JobKind::DeleteTenant => run_saga::<crate::delete::Delete>(ctx, id).await,
         JobKind::RestoreTenant => run_saga::<crate::restore::Restore>(ctx, id).await,
         JobKind::QuotaRollup => run_saga::<crate::rollup::Rollup>(ctx, id).await,
+        JobKind::DeliverEvent => run_saga::<crate::deliver::Deliver>(ctx, id).await,
     }
 }
 

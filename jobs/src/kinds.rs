@@ -9,11 +9,17 @@ pub enum JobKind {
     DeleteTenant,
     RestoreTenant,
     QuotaRollup,
+    DeliverEvent,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 4] =
-        [JobKind::ProvisionTenant, JobKind::DeleteTenant, JobKind::RestoreTenant, JobKind::QuotaRollup];
+    pub const ALL: [JobKind; 5] = [
+        JobKind::ProvisionTenant,
+        JobKind::DeleteTenant,
+        JobKind::RestoreTenant,
+        JobKind::QuotaRollup,
+        JobKind::DeliverEvent,
+    ];
 
     /// The `kind` clients see on the job.
     pub fn name(self) -> &'static str {
@@ -22,6 +28,7 @@ impl JobKind {
             JobKind::DeleteTenant => "delete_tenant",
             JobKind::RestoreTenant => "restore_tenant",
             JobKind::QuotaRollup => "quota_rollup",
+            JobKind::DeliverEvent => "deliver_event",
         }
     }
 
@@ -32,6 +39,7 @@ impl JobKind {
             JobKind::DeleteTenant => "delete_tenant:v1",
             JobKind::RestoreTenant => "restore_tenant:v1",
             JobKind::QuotaRollup => "quota_rollup:v1",
+            JobKind::DeliverEvent => "deliver_event:v1",
         }
     }
 
@@ -45,6 +53,7 @@ impl JobKind {
             JobKind::DeleteTenant => crate::delete::STEPS,
             JobKind::RestoreTenant => crate::restore::STEPS,
             JobKind::QuotaRollup => crate::rollup::STEPS,
+            JobKind::DeliverEvent => crate::deliver::STEPS,
         }
     }
 }

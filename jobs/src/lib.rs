@@ -13,6 +13,7 @@
 
 pub mod context;
 pub mod delete;
+pub mod deliver;
 pub mod engine;
 pub mod kinds;
 pub mod provision;

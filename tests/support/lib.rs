@@ -93,6 +93,7 @@ pub fn test_env(database_url: &str) -> HashMap<String, String> {
         ("TENANT_DB_POOL_SIZE".into(), "10".into()),
         ("MIGRATE_ON_START".into(), "false".into()),
         ("BACKUP_ENCRYPTION_KEY".into(), random_key()),
+        ("CONFIG_ENCRYPTION_KEY".into(), random_key()),
         ("BACKUP_DIR".into(), scratch_dir("backups")),
         ("MAIL_DIR".into(), scratch_dir("mail")),
         // Short timings, so recovery paths run in seconds.

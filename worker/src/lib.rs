@@ -12,6 +12,7 @@
 pub mod alerts;
 pub mod poll;
 pub mod reconciler;
+pub mod relay;
 pub mod scheduler;
 
 use anyhow::Context as _;
@@ -79,6 +80,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         tokio::spawn(reconciler::run(ctx.clone())),
         tokio::spawn(scheduler::run(ctx.clone())),
         tokio::spawn(alerts::run(ctx.clone())),
+        tokio::spawn(relay::run(ctx.clone())),
     ];
 
     let ctx = Arc::new(ctx);
@@ -136,6 +138,7 @@ pub async fn context(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> an
         keys: Keys::new(config.redis_key_prefix.clone()),
         queue: Queue::new(redis, &config.redis_key_prefix, config.jobs.clone()),
         quota: QuotaEngine::connect(&config)?,
+        http: reqwest::Client::builder().timeout(config.outbound.timeout).build()?,
         billing: Arc::new(LocalBilling::new(db.clone())),
         mailer: Arc::new(LettreMailer::new(&config.mail)?),
         backups: BackupStore::new(&config.backup)?,

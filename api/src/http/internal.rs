@@ -3,11 +3,14 @@
 use super::auth::ServiceCaller;
 use super::error::{ApiError, Result};
 use super::extract::Json;
+use super::extract::Path;
 use super::response::{self, Envelope};
 use crate::AppState;
 use axum::extract::State;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
+use tenant_domain::Error;
+use tenant_domain::context::TenantContext;
 use tenant_domain::{PlanId, TenantId, TenantStatus, tenants};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -24,6 +27,8 @@ pub struct ValidateResponse {
     /// True when the tenant exists and is active.
     pub valid: bool,
     pub tenant: TenantRef,
+    /// The tenant's context (as `GET /internal/tenants/{id}/context`), from the cache.
+    pub context: Option<TenantContext>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -56,7 +61,9 @@ pub async fn validate(
         Some(id) => tenants::get(&state.db, id).await?,
         None => tenants::find_by_slug_or_domain(&state.db, body.slug.as_deref(), body.domain.as_deref()).await?,
     };
+    let context = state.contexts.get(&state.db, &state.cipher, tenant.id).await?.map(|c| (*c).clone());
     Ok(response::ok(ValidateResponse {
+        context,
         valid: tenant.status == TenantStatus::Active,
         tenant: TenantRef {
             id: tenant.id,
@@ -67,4 +74,18 @@ pub async fn validate(
             plan_id: tenant.plan_id,
         },
     }))
+}
+
+#[utoipa::path(get, path = "/internal/tenants/{id}/context", tag = "internal", security(("serviceToken" = [])),
+    params(("id" = Uuid, Path, description = "Tenant id")),
+    responses((status = 200, description = "Status, plan, effective features, quota limits and configuration (secrets masked), from the cache", body = inline(Envelope<TenantContext>)),
+              (status = 401, description = "Missing or wrong service token", body = super::error::ErrorBody),
+              (status = 404, description = "No such tenant", body = super::error::ErrorBody)))]
+pub async fn context(
+    State(state): State<AppState>,
+    _caller: ServiceCaller,
+    Path(id): Path<TenantId>,
+) -> Result<Response> {
+    let ctx = state.contexts.get(&state.db, &state.cipher, id).await?.ok_or_else(Error::tenant_not_found)?;
+    Ok(response::ok(&*ctx))
 }

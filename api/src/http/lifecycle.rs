@@ -27,18 +27,6 @@ use tenant_jobs::restore::RestorePayload;
 use tenant_jobs::{JobKind, Queue};
 use uuid::Uuid;
 
-/// The eight feature flags.
-pub const FEATURE_FLAGS: [&str; 8] = [
-    "userManagement",
-    "fileStorage",
-    "realTimeChat",
-    "advancedAnalytics",
-    "customBranding",
-    "apiAccess",
-    "ssoIntegration",
-    "auditLogs",
-];
-
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateTenantRequest {
@@ -99,7 +87,7 @@ fn validate_email(raw: &str) -> Result<String> {
 fn validate_features(value: Value) -> Result<Value> {
     let Some(map) = value.as_object() else { return Err(ApiError::field("features", "must be an object of flags")) };
     for (flag, on) in map {
-        if !FEATURE_FLAGS.contains(&flag.as_str()) {
+        if !tenant_domain::features::FLAGS.contains(&flag.as_str()) {
             return Err(ApiError::field(&format!("features.{flag}"), "unknown feature flag"));
         }
         if !on.is_boolean() {
@@ -262,7 +250,7 @@ async fn accept(
 ) -> Result<Response> {
     let delivery = Queue::new_delivery_id();
     let job = insert_job(&mut tx, state, kind, tenant.id, payload, &delivery).await?;
-    let job_id = job.id;
+    let (job_id, tenant_id) = (job.id, tenant.id);
     let body = Envelope { success: true, data: Accepted { tenant, job }, meta: None };
     idempotency::complete(&mut tx, claim, StatusCode::ACCEPTED, &body).await?;
     tx.commit().await.map_err(Error::from)?;
@@ -270,6 +258,7 @@ async fn accept(
         // Committed: the reconciler will deliver it. The client polls the job either way.
         tracing::warn!(job = %job_id, error = %err, "job push failed after commit; left to the reconciler");
     }
+    state.contexts.invalidate(tenant_id).await;
     let location = format!("/api/v1/jobs/{job_id}");
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], axum::Json(body)).into_response())
 }

@@ -8,7 +8,8 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ pub struct Metrics {
     pub active_tenants: IntGauge,
     pub quota_fail_open: IntCounter,
     pub quota_state_loads: IntGauge,
+    pub config_cache_hit_rate: Gauge,
+    pub config_cache_lookups: IntGaugeVec,
     pub db_connections: IntGauge,
 }
 
@@ -62,6 +65,17 @@ impl Metrics {
                 "tenant_quota_fail_open_total",
                 "Quota checks allowed without Redis (fail-open resources)",
             )?,
+            config_cache_hit_rate: Gauge::new(
+                "tenant_config_cache_hit_rate",
+                "Tenant context lookups answered from memory or Redis, over all lookups",
+            )?,
+            config_cache_lookups: IntGaugeVec::new(
+                Opts::new(
+                    "tenant_config_cache_lookups",
+                    "Tenant context lookups since start, by where they were answered",
+                ),
+                &["result"],
+            )?,
             quota_state_loads: IntGauge::new(
                 "tenant_quota_state_loads_total",
                 "Times a tenant's quota state had to be read from PostgreSQL into Redis",
@@ -78,6 +92,8 @@ impl Metrics {
         m.registry.register(Box::new(m.active_tenants.clone()))?;
         m.registry.register(Box::new(m.quota_fail_open.clone()))?;
         m.registry.register(Box::new(m.quota_state_loads.clone()))?;
+        m.registry.register(Box::new(m.config_cache_hit_rate.clone()))?;
+        m.registry.register(Box::new(m.config_cache_lookups.clone()))?;
         m.registry.register(Box::new(m.db_connections.clone()))?;
         Ok(m)
     }
@@ -128,6 +144,13 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     }
     m.quota_state_loads
         .set(i64::try_from(state.quota.state_loads.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX));
+    let c = &state.contexts;
+    m.config_cache_hit_rate.set(c.hit_rate());
+    for (result, n) in [("memory", &c.local_hits), ("redis", &c.redis_hits), ("miss", &c.misses)] {
+        m.config_cache_lookups
+            .with_label_values(&[result])
+            .set(i64::try_from(n.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX));
+    }
     let in_use = state.db.size().saturating_sub(u32::try_from(state.db.num_idle()).unwrap_or(u32::MAX));
     m.db_connections.set(i64::from(in_use));
     let mut buf = Vec::new();

@@ -1,8 +1,10 @@
 //! Everything HTTP: the router, its middleware stack, and one module per resource.
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod features;
 pub mod health;
 pub mod idempotency;
 pub mod internal;
@@ -13,6 +15,7 @@ pub mod openapi;
 pub mod plans;
 pub mod quotas;
 pub mod response;
+pub mod settings;
 pub mod tenants;
 pub mod validate;
 
@@ -42,6 +45,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tenants/{id}/quotas", get(quotas::list).put(quotas::set_limits))
         .route("/api/v1/tenants/{id}/quotas/check", post(quotas::public_check))
         .route("/api/v1/tenants/{id}/usage", get(quotas::usage))
+        .route("/api/v1/tenants/{id}/config", get(settings::get).put(settings::put))
+        .route("/api/v1/tenants/{id}/config/reset", post(settings::reset))
+        .route("/api/v1/tenants/{id}/features", get(features::get).patch(features::patch))
+        .route("/api/v1/tenants/{id}/audit", get(audit::list))
         .route("/api/v1/jobs/{id}", get(jobs::get))
         .route("/api/v1/tenants/{id}/status", patch(tenants::set_status))
         .route("/api/v1/plans", get(plans::list))
@@ -52,6 +59,8 @@ pub fn router(state: AppState) -> Router {
         .route("/internal/tenants/{id}/quota-check", post(quotas::internal_check))
         .route("/internal/tenants/{id}/usage", post(quotas::record_usage))
         .route("/internal/tenants/{id}/quotas", get(quotas::internal_list))
+        .route("/internal/tenants/{id}/context", get(internal::context))
+        .route("/internal/tenants/{id}/features", get(features::internal))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_service_token));
 
     let mut operations = Router::new()

@@ -306,6 +306,7 @@ pub async fn commit_and_mirror(state: &AppState, tx: Transaction<'static, Postgr
     if let Err(err) = state.quota.sync(&state.db, tenant).await {
         tracing::warn!(%tenant, error = %err, "could not mirror the change into Redis; the next check reloads it");
     }
+    state.contexts.invalidate(tenant).await;
     Ok(())
 }
 

@@ -170,7 +170,9 @@ pub async fn update(
     let ctx = ChangeContext { actor: user.actor(), request_id: request_id.0 };
     let result = tenants::update(&state.db, id, &change, &ctx).await;
     state.metrics.operation("update", result.is_ok(), started);
-    Ok(response::ok(result?))
+    let tenant = result?;
+    state.contexts.invalidate(id).await;
+    Ok(response::ok(tenant))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

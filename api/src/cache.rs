@@ -1,0 +1,159 @@
+//! The two-level tenant context cache: in-process (moka) in front of Redis (see
+//! `tenant_domain::context`) in front of PostgreSQL.
+//!
+//! A change drops the context everywhere: the replica that made it drops its own copy, bumps the
+//! version and deletes the Redis copy, and publishes the tenant id on `cache-invalidate`; every
+//! replica's listener drops its copy on receipt. A listener that lost its connection may have
+//! missed messages, so on every (re)connect it clears its whole in-process cache. A load racing an
+//! invalidation is not cached (a generation counter for the process, the version in Redis).
+
+use futures::StreamExt;
+use moka::sync::Cache;
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tenant_domain::context::{self, ContextStore, TenantContext};
+use tenant_domain::tenant_config::secrets::ConfigCipher;
+use tenant_domain::{Config, TenantId};
+use tokio::sync::watch;
+
+pub struct ContextCache {
+    local: Cache<TenantId, Arc<TenantContext>>,
+    store: ContextStore,
+    generation: AtomicU64,
+    pub local_hits: AtomicU64,
+    pub redis_hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+impl ContextCache {
+    pub fn new(config: &Config, conn: ConnectionManager) -> Self {
+        Self {
+            local: Cache::builder()
+                .max_capacity(config.cache.local_capacity)
+                .time_to_live(config.cache.local_ttl.min(config.tenant_config_ttl))
+                .build(),
+            store: ContextStore::new(config, conn),
+            generation: AtomicU64::new(0),
+            local_hits: AtomicU64::new(0),
+            redis_hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The tenant's context: from memory, else Redis, else built from PostgreSQL. `None` for an
+    /// unknown tenant. Redis trouble degrades to PostgreSQL, never to an error of its own.
+    pub async fn get(
+        &self,
+        db: &PgPool,
+        cipher: &ConfigCipher,
+        id: TenantId,
+    ) -> tenant_domain::Result<Option<Arc<TenantContext>>> {
+        if let Some(ctx) = self.local.get(&id) {
+            self.local_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(ctx));
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let (cached, version) = match self.store.get(id).await {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::warn!(tenant = %id, error = %err, "context cache: Redis unavailable, reading PostgreSQL");
+                (None, String::new())
+            }
+        };
+        let ctx = match cached {
+            Some(ctx) => {
+                self.redis_hits.fetch_add(1, Ordering::Relaxed);
+                Arc::new(ctx)
+            }
+            None => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                let Some(built) = context::build(db, cipher, id).await? else { return Ok(None) };
+                if !version.is_empty()
+                    && let Err(err) = self.store.put(id, &built, &version).await
+                {
+                    tracing::warn!(tenant = %id, error = %err, "context cache: could not store in Redis");
+                }
+                Arc::new(built)
+            }
+        };
+        if self.generation.load(Ordering::SeqCst) == generation {
+            self.local.insert(id, ctx.clone());
+        }
+        Ok(Some(ctx))
+    }
+
+    /// After a change to the tenant: drop its context here, in Redis, and on every replica.
+    pub async fn invalidate(&self, id: TenantId) {
+        self.drop_local(id);
+        if let Err(err) = self.store.invalidate(id).await {
+            // The change's outbox event makes the worker's relay invalidate again once Redis is back.
+            tracing::warn!(tenant = %id, error = %err, "context cache: invalidation deferred to the relay");
+        }
+    }
+
+    pub fn drop_local(&self, id: TenantId) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.local.invalidate(&id);
+    }
+
+    pub fn clear_local(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.local.invalidate_all();
+    }
+
+    /// Hits (memory or Redis) over all lookups so far.
+    pub fn hit_rate(&self) -> f64 {
+        let hits = self.local_hits.load(Ordering::Relaxed) + self.redis_hits.load(Ordering::Relaxed);
+        let total = hits + self.misses.load(Ordering::Relaxed);
+        if total == 0 { 1.0 } else { hits as f64 / total as f64 }
+    }
+}
+
+/// Listens for invalidations until `stop` turns true, reconnecting (and clearing the
+/// in-process cache, since messages may have been missed) whenever the connection drops.
+pub async fn listen(cache: Arc<ContextCache>, config: Arc<Config>, mut stop: watch::Receiver<bool>) {
+    let channel = ContextStore::channel(&config.redis_key_prefix);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let subscribed = async {
+            let client = redis::Client::open(config.redis_url.expose().as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let mut pubsub = match subscribed.await {
+            Ok(p) => p,
+            Err(err) => {
+                tracing::warn!(error = %err, "cache invalidation listener cannot subscribe; retrying");
+                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => continue, _ = stop.changed() => return }
+            }
+        };
+        // Whatever was published while we were not listening is lost: start afresh.
+        cache.clear_local();
+        let mut messages = pubsub.on_message();
+        loop {
+            tokio::select! {
+                message = messages.next() => match message {
+                    Some(message) => {
+                        if let Ok(id) = message.get_payload::<String>().map(|p| p.parse::<TenantId>()) {
+                            match id {
+                                Ok(id) => cache.drop_local(id),
+                                Err(_) => cache.clear_local(),
+                            }
+                        }
+                    }
+                    None => {
+                        tracing::warn!("cache invalidation listener lost its connection; resubscribing");
+                        break;
+                    }
+                },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}

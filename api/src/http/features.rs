@@ -1,0 +1,67 @@
+//! Feature flags: `GET/PATCH /api/v1/tenants/{id}/features`, `GET /internal/tenants/{id}/features`.
+
+use super::auth::{Access, AuthUser, ServiceCaller};
+use super::error::{ApiError, Result};
+use super::extract::{Json, Path, RequestId};
+use super::response::{self, Envelope};
+use crate::AppState;
+use axum::extract::State;
+use axum::response::Response;
+use serde_json::{Map, Value, json};
+use tenant_domain::features::{self, FlagView};
+use tenant_domain::{Error, TenantId, plans, tenants};
+
+#[utoipa::path(get, path = "/api/v1/tenants/{id}/features", tag = "features", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Tenant id")),
+    responses((status = 200, description = "The eight flags, each with its source (`plan` or `override`)", body = inline(Envelope<Vec<FlagView>>)),
+              (status = 403, description = "Another tenant", body = super::error::ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    user: AuthUser,
+    request_id: RequestId,
+    Path(id): Path<TenantId>,
+) -> Result<Response> {
+    user.authorize(&state, id, Access::Read, &request_id).await?;
+    let tenant = tenants::get(&state.db, id).await?;
+    let plan = plans::find(&state.db, &tenant.plan_id.to_string()).await?;
+    Ok(response::ok(features::view(&plan.features, &tenant.features)))
+}
+
+#[utoipa::path(patch, path = "/api/v1/tenants/{id}/features", tag = "features", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Tenant id")),
+    request_body(content = Object, description = "`{flag: true | false | null}`; null drops an override"),
+    responses((status = 200, description = "The flags after the change", body = inline(Envelope<Vec<FlagView>>)),
+              (status = 400, description = "Unknown flag or bad value", body = super::error::ErrorBody),
+              (status = 403, description = "`FEATURE_NOT_IN_PLAN` (a tenant admin enabling a flag outside the plan)", body = super::error::ErrorBody)))]
+pub async fn patch(
+    State(state): State<AppState>,
+    user: AuthUser,
+    request_id: RequestId,
+    Path(id): Path<TenantId>,
+    Json(body): Json<Value>,
+) -> Result<Response> {
+    user.authorize(&state, id, Access::Admin, &request_id).await?;
+    let Some(changes) = body.as_object().filter(|o| !o.is_empty()) else {
+        return Err(ApiError::validation("expected an object of flags, e.g. {\"realTimeChat\": true}"));
+    };
+    let mut tx = state.db.begin().await.map_err(Error::from)?;
+    let flags =
+        features::patch(&mut tx, id, changes, user.is_platform_admin(), &user.actor(), request_id.0.as_deref()).await?;
+    tx.commit().await.map_err(Error::from)?;
+    state.contexts.invalidate(id).await;
+    Ok(response::ok(flags))
+}
+
+#[utoipa::path(get, path = "/internal/tenants/{id}/features", tag = "internal", security(("serviceToken" = [])),
+    params(("id" = Uuid, Path, description = "Tenant id")),
+    responses((status = 200, description = "`{tenantId, status, features: {flag: enabled}}`, from the cache", body = Object),
+              (status = 404, description = "No such tenant", body = super::error::ErrorBody)))]
+pub async fn internal(
+    State(state): State<AppState>,
+    _caller: ServiceCaller,
+    Path(id): Path<TenantId>,
+) -> Result<Response> {
+    let ctx = state.contexts.get(&state.db, &state.cipher, id).await?.ok_or_else(Error::tenant_not_found)?;
+    let features: Map<String, Value> = ctx.features.clone();
+    Ok(response::ok(json!({ "tenantId": id, "status": ctx.tenant.status, "features": features })))
+}
