@@ -4,8 +4,15 @@
 //! A change drops the context everywhere: the replica that made it drops its own copy, bumps the
 //! version and deletes the Redis copy, and publishes the tenant id on `cache-invalidate`; every
 //! replica's listener drops its copy on receipt. A listener that lost its connection may have
-//! missed messages, so on every (re)connect it clears its whole in-process cache. A load racing an
-//! invalidation is not cached (a generation counter for the process, the version in Redis).
+//! missed messages, so on every (re)connect it clears its whole in-process cache.
+//!
+//! Pub/sub alone is "at once" only up to the moment a replica gets round to the message, so a
+//! request arriving right behind it could still read the old copy. Each in-process copy therefore
+//! remembers the version it was read under and is served only while Redis still has that version
+//! (one tiny `GET` instead of fetching and decoding the context): the very next read after a
+//! change sees it, on every replica. If Redis can't answer, the in-process copy is served as is.
+//! A load racing an invalidation is not cached (the version check in Redis, and a generation
+//! counter for the process).
 
 use futures::StreamExt;
 use moka::sync::Cache;
@@ -20,7 +27,7 @@ use tenant_domain::{Config, TenantId};
 use tokio::sync::watch;
 
 pub struct ContextCache {
-    local: Cache<TenantId, Arc<TenantContext>>,
+    local: Cache<TenantId, (Arc<TenantContext>, String)>,
     store: ContextStore,
     generation: AtomicU64,
     pub local_hits: AtomicU64,
@@ -51,11 +58,21 @@ impl ContextCache {
         cipher: &ConfigCipher,
         id: TenantId,
     ) -> tenant_domain::Result<Option<Arc<TenantContext>>> {
-        if let Some(ctx) = self.local.get(&id) {
-            self.local_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Some(ctx));
-        }
         let generation = self.generation.load(Ordering::SeqCst);
+        if let Some((ctx, seen)) = self.local.get(&id) {
+            match self.store.version(id).await {
+                Ok(current) if current == seen => {
+                    self.local_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Some(ctx));
+                }
+                Ok(_) => self.local.invalidate(&id),
+                Err(err) => {
+                    tracing::warn!(tenant = %id, error = %err, "context cache: Redis unavailable, serving the in-process copy");
+                    self.local_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Some(ctx));
+                }
+            }
+        }
         let (cached, version) = match self.store.get(id).await {
             Ok(found) => found,
             Err(err) => {
@@ -79,8 +96,8 @@ impl ContextCache {
                 Arc::new(built)
             }
         };
-        if self.generation.load(Ordering::SeqCst) == generation {
-            self.local.insert(id, ctx.clone());
+        if !version.is_empty() && self.generation.load(Ordering::SeqCst) == generation {
+            self.local.insert(id, (ctx.clone(), version));
         }
         Ok(Some(ctx))
     }

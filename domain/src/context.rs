@@ -134,6 +134,14 @@ impl ContextStore {
         Ok((ctx, version.unwrap_or_else(|| "0".into())))
     }
 
+    /// The tenant's current context version (bumped by every invalidation).
+    pub async fn version(&self, id: TenantId) -> redis::RedisResult<String> {
+        let (_, ver_key) = self.keys(id);
+        let mut conn = self.conn.clone();
+        let version: Option<String> = redis::cmd("GET").arg(ver_key).query_async(&mut conn).await?;
+        Ok(version.unwrap_or_else(|| "0".into()))
+    }
+
     /// Stores `ctx` unless the context was invalidated since `version` was read.
     pub async fn put(&self, id: TenantId, ctx: &TenantContext, version: &str) -> redis::RedisResult<bool> {
         let (ctx_key, ver_key) = self.keys(id);

@@ -180,7 +180,7 @@ pub async fn claim(db: &PgPool, id: JobId, owner: &str, lease: Duration) -> Resu
         "update jobs set status = 'running', lease_owner = $2, lease_expires_at = now() + $3, \
              attempts = attempts + 1, updated_at = now() \
          where id = $1 and ( \
-             (status in ('queued', 'retrying') and next_attempt_at <= now() + interval '1 second') \
+             (status in ('queued', 'retrying') and next_attempt_at <= now()) \
              or (status = 'running' and lease_expires_at < now())) \
          returning {COLUMNS}"
     ))
@@ -189,6 +189,18 @@ pub async fn claim(db: &PgPool, id: JobId, owner: &str, lease: Duration) -> Resu
     .bind(lease)
     .fetch_optional(db)
     .await?)
+}
+
+/// How long until an open job is due; `None` if it is due now, leased, or finished.
+pub async fn due_in(db: &PgPool, id: JobId) -> Result<Option<Duration>> {
+    let secs: Option<f64> = sqlx::query_scalar(
+        "select extract(epoch from next_attempt_at - now())::float8 from jobs \
+         where id = $1 and status in ('queued', 'retrying') and next_attempt_at > now()",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
 }
 
 /// Extends the lease; false when it was lost.

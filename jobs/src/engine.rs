@@ -192,8 +192,34 @@ impl Drop for LeaseKeeper {
     }
 }
 
+/// A delivery that arrives early waits this long at most; beyond, it is pushed again for later.
+const MAX_EARLY_WAIT: Duration = Duration::from_secs(5);
+
+/// Claims the job; a delivery that came before the job is due (apalis schedules to the second)
+/// waits for it, or is pushed again for then.
+async fn claim_when_due(ctx: &JobContext, kind: JobKind, id: JobId) -> Result<Option<Job>, EngineError> {
+    if let Some(job) = jobs::claim(&ctx.db, id, &ctx.worker_id, ctx.config.jobs.lease).await? {
+        return Ok(Some(job));
+    }
+    match jobs::due_in(&ctx.db, id).await? {
+        Some(wait) if wait <= MAX_EARLY_WAIT => {
+            tokio::time::sleep(wait).await;
+            Ok(jobs::claim(&ctx.db, id, &ctx.worker_id, ctx.config.jobs.lease).await?)
+        }
+        Some(wait) => {
+            let delivery = Queue::new_delivery_id();
+            jobs::record_dispatch(&ctx.db, id, &delivery).await?;
+            if let Err(err) = ctx.queue.push(kind, id, &delivery, wait).await {
+                tracing::warn!(job = %id, error = %err, "could not re-push an early delivery; left to the reconciler");
+            }
+            Ok(None)
+        }
+        None => Ok(None),
+    }
+}
+
 async fn run_saga<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, EngineError> {
-    let Some(job) = jobs::claim(&ctx.db, id, &ctx.worker_id, ctx.config.jobs.lease).await? else {
+    let Some(job) = claim_when_due(ctx, S::KIND, id).await? else {
         return Ok(Outcome::NotClaimed);
     };
     let keeper = LeaseKeeper::start(ctx, id);

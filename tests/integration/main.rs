@@ -2,9 +2,11 @@
 
 mod auth;
 mod envelope;
+mod events;
 mod lifecycle;
 mod operations;
 mod quotas;
 mod recovery;
 mod rls;
+mod settings;
 mod tenants;

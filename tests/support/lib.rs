@@ -6,6 +6,7 @@
 //! whose user may create databases and roles; `TEST_REDIS_URL` (default
 //! `redis://127.0.0.1:6379/`) a Redis. `scripts/test` sets both.
 
+pub mod http_peer;
 pub mod redis_server;
 pub mod smtp_sink;
 pub mod workers;

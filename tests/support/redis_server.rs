@@ -12,6 +12,17 @@ pub struct RedisServer {
 impl RedisServer {
     pub async fn start() -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Self::start_on(port).await
+    }
+
+    /// Starts a fresh (empty) server on the port of the killed one.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill().await;
+        *self = Self::start_on(self.port).await?;
+        Ok(())
+    }
+
+    async fn start_on(port: u16) -> anyhow::Result<Self> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
