@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tenant_domain::context::{self, ContextStore, TenantContext};
+use tenant_domain::quota::engine::QuotaEngine;
 use tenant_domain::tenant_config::secrets::ConfigCipher;
 use tenant_domain::{Config, TenantId};
 use tokio::sync::watch;
@@ -131,7 +132,12 @@ impl ContextCache {
 
 /// Listens for invalidations until `stop` turns true, reconnecting (and clearing the
 /// in-process cache, since messages may have been missed) whenever the connection drops.
-pub async fn listen(cache: Arc<ContextCache>, config: Arc<Config>, mut stop: watch::Receiver<bool>) {
+pub async fn listen(
+    cache: Arc<ContextCache>,
+    quota: Arc<QuotaEngine>,
+    config: Arc<Config>,
+    mut stop: watch::Receiver<bool>,
+) {
     let channel = ContextStore::channel(&config.redis_key_prefix);
     loop {
         if *stop.borrow() {
@@ -159,7 +165,11 @@ pub async fn listen(cache: Arc<ContextCache>, config: Arc<Config>, mut stop: wat
                     Some(message) => {
                         if let Ok(id) = message.get_payload::<String>().map(|p| p.parse::<TenantId>()) {
                             match id {
-                                Ok(id) => cache.drop_local(id),
+                                Ok(id) => {
+                                    cache.drop_local(id);
+                                    // A status or limit change: leased quota budget goes too.
+                                    quota.drop_leases(id);
+                                }
                                 Err(_) => cache.clear_local(),
                             }
                         }

@@ -22,7 +22,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // Every replica listens for cache invalidations while it serves.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let listener_task = tokio::spawn(cache::listen(state.contexts.clone(), state.config.clone(), stop_rx));
+    let listener_task =
+        tokio::spawn(cache::listen(state.contexts.clone(), state.quota.clone(), state.config.clone(), stop_rx));
     let app = http::router(state);
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     let _ = stop_tx.send(true);

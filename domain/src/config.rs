@@ -79,6 +79,10 @@ pub struct QuotaSettings {
     pub rollup_interval: Duration,
     /// How long a window's counters outlive the window, so a late rollup can still read them.
     pub window_grace: Duration,
+    /// Counter resources whose consumes may be served from leased budget (see `quota::lease`).
+    pub lease_resources: Vec<String>,
+    pub lease_chunk: i64,
+    pub lease_ttl: Duration,
 }
 
 /// How jobs are delivered, leased, retried and reconciled.
@@ -283,6 +287,12 @@ impl Config {
                 fail_open: env.list("QUOTA_FAIL_OPEN", crate::quota::Resource::ALL.map(|r| r.as_str()).as_slice())?,
                 rollup_interval: Duration::from_secs(env.parse_in("ROLLUP_INTERVAL_SECS", 300, 1..=86_400)?),
                 window_grace: Duration::from_secs(7200),
+                lease_resources: env.list(
+                    "QUOTA_LEASE_RESOURCES",
+                    &["api_calls", "bandwidth", "compute_hours", "file_uploads", "email_sends"],
+                )?,
+                lease_chunk: env.parse_in("QUOTA_LEASE_CHUNK", 100, 1..=1_000_000)?,
+                lease_ttl: Duration::from_millis(env.parse_in("QUOTA_LEASE_MS", 1000, 10..=60_000)?),
             },
             config_keys: {
                 let mut keys = vec![(

@@ -430,3 +430,40 @@ async fn the_public_api_enforces_the_plans_rate_limit_per_tenant() {
     // platform staff are not limited
     assert_eq!(app.get(&path, &app.admin_token()).await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn leased_budget_serves_consumes_in_process_and_still_never_overruns() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("QUOTA_LEASE_RESOURCES".into(), "api_calls".into());
+        env.insert("QUOTA_LEASE_CHUNK".into(), "20".into());
+    })
+    .await;
+    let t = active_tenant(&app, "leased").await;
+    set_limit(&app, &t, "api_calls", 1000).await;
+    for i in 0..200 {
+        let (status, body) = check(&app, &t, "api_calls", 1, true).await;
+        assert_eq!(status, StatusCode::OK, "consume {i}: {body}");
+    }
+    let leased = app.metric("tenant_quota_leased_checks_total").await.expect("metric");
+    assert!(leased >= 180.0, "only {leased} of 200 consumes served from leases");
+
+    // far more demand than budget: exactly the limit is allowed in all
+    let allowed = consume_concurrently(&app.client, &app.url(""), &t, "api_calls", 1500).await;
+    assert_eq!(200 + allowed, 1000);
+    let (status, body) = check(&app, &t, "api_calls", 1, false).await;
+    assert_eq!((status, body["error"]["details"]["used"].clone()), (StatusCode::FORBIDDEN, json!(1000)));
+
+    // a suspension takes effect at once, leases or not
+    let u = active_tenant(&app, "leased-two").await;
+    assert_eq!(check(&app, &u, "api_calls", 1, true).await.0, StatusCode::OK);
+    let token = app.admin_token();
+    app.call(
+        Method::PATCH,
+        &format!("/api/v1/tenants/{}/status", u.id),
+        Some(&token),
+        Some(json!({ "status": "suspended" })),
+    )
+    .await;
+    let (status, body) = check(&app, &u, "api_calls", 1, true).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::FORBIDDEN, json!("TENANT_NOT_ACTIVE")));
+}

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub active_tenants: IntGauge,
     pub quota_fail_open: IntCounter,
     pub quota_state_loads: IntGauge,
+    pub quota_leased: IntGauge,
     pub config_cache_hit_rate: Gauge,
     pub config_cache_lookups: IntGaugeVec,
     pub db_connections: IntGauge,
@@ -76,6 +77,10 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            quota_leased: IntGauge::new(
+                "tenant_quota_leased_checks_total",
+                "Consuming quota checks answered from budget leased in-process (no Redis round trip)",
+            )?,
             quota_state_loads: IntGauge::new(
                 "tenant_quota_state_loads_total",
                 "Times a tenant's quota state had to be read from PostgreSQL into Redis",
@@ -92,6 +97,7 @@ impl Metrics {
         m.registry.register(Box::new(m.active_tenants.clone()))?;
         m.registry.register(Box::new(m.quota_fail_open.clone()))?;
         m.registry.register(Box::new(m.quota_state_loads.clone()))?;
+        m.registry.register(Box::new(m.quota_leased.clone()))?;
         m.registry.register(Box::new(m.config_cache_hit_rate.clone()))?;
         m.registry.register(Box::new(m.config_cache_lookups.clone()))?;
         m.registry.register(Box::new(m.db_connections.clone()))?;
@@ -111,22 +117,19 @@ impl Metrics {
 pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status();
     let m = &state.metrics;
-    m.http_requests.with_label_values(&[method.as_str(), &route, status.as_str()]).inc();
-    m.http_duration.with_label_values(&[method.as_str(), &route]).observe(elapsed.as_secs_f64());
+    m.http_requests.with_label_values(&[method.as_str(), route, status.as_str()]).inc();
+    m.http_duration.with_label_values(&[method.as_str(), route]).observe(elapsed.as_secs_f64());
     if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
         m.errors.with_label_values(&[code]).inc();
     }
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
-    if matches!(route.as_str(), "/health" | "/api/v1/health" | "/metrics") {
+    if matches!(route, "/health" | "/api/v1/health" | "/metrics") {
         tracing::debug!(%method, %route, status = status.as_u16(), latency_ms, "request");
     } else {
         tracing::info!(%method, %route, status = status.as_u16(), latency_ms, "request");
@@ -142,6 +145,8 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), count).await {
         m.active_tenants.set(n);
     }
+    m.quota_leased
+        .set(i64::try_from(state.quota.leased_hits.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX));
     m.quota_state_loads
         .set(i64::try_from(state.quota.state_loads.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX));
     let c = &state.contexts;

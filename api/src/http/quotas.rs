@@ -119,8 +119,12 @@ async fn check(state: &AppState, tenant: TenantId, body: CheckRequest) -> Result
     if !(1..=MAX_AMOUNT).contains(&amount) {
         return Err(ApiError::field("amount", "must be a whole number from 1 to 10^15"));
     }
-    let mode = if body.consume { Mode::Consume } else { Mode::Check };
-    match state.quota.check(&state.db, tenant, resource, amount, mode).await {
+    let result = if body.consume {
+        state.quota.consume(&state.db, tenant, resource, amount).await
+    } else {
+        state.quota.check(&state.db, tenant, resource, amount, Mode::Check).await
+    };
+    match result {
         Ok(outcome) => check_response(resource, outcome, amount),
         Err(err) => quota_failure(state, resource, err),
     }
@@ -303,6 +307,7 @@ pub async fn set_limits(
 pub async fn commit_and_mirror(state: &AppState, tx: Transaction<'static, Postgres>, tenant: TenantId) -> Result<()> {
     state.quota.forget(tenant).await.map_err(|e| ApiError::unavailable("the quota store is unavailable", e))?;
     tx.commit().await.map_err(Error::from)?;
+    state.quota.drop_leases(tenant);
     if let Err(err) = state.quota.sync(&state.db, tenant).await {
         tracing::warn!(%tenant, error = %err, "could not mirror the change into Redis; the next check reloads it");
     }

@@ -11,9 +11,11 @@
 -- ARGV[5]  now, unix seconds (UTC)
 -- ARGV[6], ARGV[7]  start and end of the current calendar month (the other windows are
 --          computed here: minute, hour, day, and weeks starting on Monday)
+-- ARGV[8], ARGV[9]  mode "lease" only: the budget chunk wanted on top of the amount, and unused
+--          budget of an earlier lease in this window to give back first
 --
 -- State hash "<base>state": status, l:<resource> (limit), p:<resource> (reset period).
--- Returns {code, limit, used, reset_at, status, crossed}:
+-- Returns {code, limit, used, reset_at, status, crossed, granted}:
 --   code 1 allowed, 0 denied, -1 no state for the tenant, -2 tenant not active, -3 no limit.
 -- Unix seconds as ISO-8601 UTC (days to civil date: H. Hinnant's algorithm).
 local function iso(ts)
@@ -36,9 +38,9 @@ local base, res, amount, mode = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local now = tonumber(ARGV[5])
 local state = redis.call('HMGET', base .. 'state', 'status', 'l:' .. res, 'p:' .. res)
 local status, limit, period = state[1], state[2], state[3]
-if not status then return {-1, 0, 0, 0, '', ''} end
-if status ~= 'active' then return {-2, 0, 0, 0, status, ''} end
-if not limit then return {-3, 0, 0, 0, status, ''} end
+if not status then return {-1, 0, 0, 0, '', '', 0} end
+if status ~= 'active' then return {-2, 0, 0, 0, status, '', 0} end
+if not limit then return {-3, 0, 0, 0, status, '', 0} end
 limit = tonumber(limit)
 
 local key, window, reset_at, ttl = base .. 'u:' .. res, 'gauge', 0, 0
@@ -48,14 +50,24 @@ if slot then
   if period == 'monthly' then
     start, reset_at = tonumber(ARGV[6]), tonumber(ARGV[7])
   else
-    local len = ({minute = 60, hourly = 3600, daily = 86400, weekly = 604800})[period] or 86400
-    local offset = period == 'weekly' and 345600 or 0 -- 1970-01-05 was a Monday
+    local len, offset = 86400, 0
+    if period == 'hourly' then len = 3600
+    elseif period == 'minute' then len = 60
+    elseif period == 'weekly' then len, offset = 604800, 345600 -- 1970-01-05 was a Monday
+    end
     start = math.floor((now - offset) / len) * len + offset
     reset_at = start + len
   end
-  window = string.format('%d', start)
+  window = tostring(start)
   key = key .. ':' .. window
   ttl = reset_at - now + __GRACE__
+end
+
+if mode == 'lease' then
+  local back = tonumber(ARGV[9]) or 0
+  if back > 0 and redis.call('EXISTS', key) == 1 and redis.call('DECRBY', key, back) < 0 then
+    redis.call('SET', key, 0, 'KEEPTTL')
+  end
 end
 
 -- Consuming: count first, take it back if that went over (one write on the common path).
@@ -67,7 +79,7 @@ if mode == 'check' then
 else
   after = redis.call('INCRBY', key, ARGV[3])
   used = after - amount
-  if mode == 'consume' and after > limit then
+  if mode ~= 'record' and after > limit then
     if used <= 0 then redis.call('DEL', key) else redis.call('DECRBY', key, ARGV[3]) end
     after = used
     allowed = 0
@@ -77,6 +89,17 @@ else
   end
   -- a fresh key (nothing counted before) gets its expiry
   if used <= 0 and ttl > 0 and after > 0 then redis.call('EXPIRE', key, ttl) end
+end
+
+-- A lease: budget counted up front (so no replica can overrun the limit with it), granted only
+-- while usage stays under 70 % of the limit, so every threshold is crossed by an exact call.
+local granted = 0
+if mode == 'lease' and allowed == 1 then
+  local chunk = tonumber(ARGV[8]) or 0
+  if chunk > 0 and (after + chunk) * 100 < 70 * limit then
+    redis.call('INCRBY', key, chunk)
+    granted = chunk
+  end
 end
 
 -- Thresholds: each fires once per window (decided here, so concurrency can't repeat or skip it).
@@ -102,4 +125,4 @@ if after ~= used and limit > 0 and (after * 100 >= 75 * limit or used * 100 >= 7
     end
   end
 end
-return {allowed, limit, after, reset_at, status, table.concat(crossed, ',')}
+return {allowed, limit, after, reset_at, status, table.concat(crossed, ','), granted}

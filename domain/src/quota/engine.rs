@@ -10,6 +10,7 @@
 //! `p:<resource>`), `t:<tenant>:u:<resource>` (gauges) and `t:<tenant>:u:<resource>:<window
 //! start>` (counters, expiring after their window plus a grace period for the rollups).
 
+use super::lease::Leases;
 use super::{Period, Resource, window};
 use crate::config::Config;
 use crate::{Result, TenantId, TenantStatus};
@@ -33,6 +34,9 @@ pub enum Mode {
     Consume,
     /// Count usage that already happened (may exceed the limit; gauges may go down).
     Record,
+    /// Consume, and take `chunk` more as leased budget if far from the limit, after giving back
+    /// `give_back` left over from an earlier lease in this window.
+    Lease { chunk: i64, give_back: i64 },
 }
 
 impl Mode {
@@ -41,6 +45,7 @@ impl Mode {
             Mode::Check => "check",
             Mode::Consume => "consume",
             Mode::Record => "record",
+            Mode::Lease { .. } => "lease",
         }
     }
 }
@@ -55,6 +60,8 @@ pub struct Decision {
     pub reset_at: Option<DateTime<Utc>>,
     /// Thresholds (75, 90, 95) this call crossed.
     pub crossed: Vec<u8>,
+    /// Budget leased to this process on top of the amount (mode `Lease`).
+    pub granted: i64,
 }
 
 impl Decision {
@@ -113,6 +120,11 @@ pub struct QuotaEngine {
     grace: Duration,
     /// Times the state of a tenant had to be read from PostgreSQL.
     pub state_loads: AtomicU64,
+    leases: Leases,
+    lease_resources: Vec<Resource>,
+    lease_chunk: i64,
+    /// Consumes answered from leased budget.
+    pub leased_hits: AtomicU64,
 }
 
 impl QuotaEngine {
@@ -125,6 +137,10 @@ impl QuotaEngine {
             timeout: config.quota.timeout,
             grace: config.quota.window_grace,
             state_loads: AtomicU64::new(0),
+            leases: Leases::new(config.quota.lease_ttl),
+            lease_resources: config.quota.lease_resources.iter().filter_map(|r| Resource::parse(r)).collect(),
+            lease_chunk: config.quota.lease_chunk,
+            leased_hits: AtomicU64::new(0),
         })
     }
 
@@ -164,9 +180,11 @@ impl QuotaEngine {
         mode: Mode,
         now: DateTime<Utc>,
     ) -> Result<RawOutcome, QuotaError> {
-        let mut invocation = self.script.prepare_invoke();
         let month = window(Period::Monthly, now).unwrap_or(super::Window { start: now, end: now });
-        invocation
+        // One command built in place (a ScriptInvocation would copy every argument twice).
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash())
+            .arg(0)
             .arg(self.base_key(tenant))
             .arg(resource.as_str())
             .arg(amount)
@@ -174,12 +192,23 @@ impl QuotaEngine {
             .arg(now.timestamp())
             .arg(month.start.timestamp())
             .arg(month.end.timestamp());
+        if let Mode::Lease { chunk, give_back } = mode {
+            cmd.arg(chunk).arg(give_back);
+        }
         let mut conn = self.conn();
-        let reply: (i64, i64, i64, i64, String, String) =
-            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
-                .await
-                .map_err(|_| QuotaError::Timeout)??;
-        let (code, limit, used, reset_at, status, crossed) = reply;
+        let call = async {
+            match cmd.query_async(&mut conn).await {
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    // Redis lost its script cache (restart): load it once more.
+                    self.script.load_async(&mut conn).await?;
+                    cmd.query_async(&mut conn).await
+                }
+                other => other,
+            }
+        };
+        let reply: (i64, i64, i64, i64, String, String, i64) =
+            tokio::time::timeout(self.timeout, call).await.map_err(|_| QuotaError::Timeout)??;
+        let (code, limit, used, reset_at, status, crossed, granted) = reply;
         Ok(match code {
             1 | 0 => RawOutcome::Decided(Decision {
                 allowed: code == 1,
@@ -187,6 +216,7 @@ impl QuotaEngine {
                 used,
                 reset_at: (reset_at > 0).then(|| DateTime::from_timestamp(reset_at, 0)).flatten(),
                 crossed: crossed.split(',').filter_map(|t| t.parse().ok()).collect(),
+                granted,
             }),
             -1 => RawOutcome::NoState,
             -2 if status == "unknown" => RawOutcome::Final(Outcome::UnknownTenant),
@@ -218,6 +248,49 @@ impl QuotaEngine {
             // Deleted between the two calls: treat as unknown rather than loop.
             RawOutcome::NoState => Ok(Outcome::UnknownTenant),
         }
+    }
+
+    /// A consuming check: served from leased budget when the resource is leased and a lease is
+    /// live, else one round trip (which may take a new lease).
+    pub async fn consume(
+        &self,
+        db: &PgPool,
+        tenant: TenantId,
+        resource: Resource,
+        amount: i64,
+    ) -> Result<Outcome, QuotaError> {
+        if !self.lease_resources.contains(&resource) {
+            return self.check(db, tenant, resource, amount, Mode::Consume).await;
+        }
+        let now = Utc::now();
+        let give_back = match self.leases.take(tenant, resource, amount, now.timestamp()) {
+            Ok(served) => {
+                self.leased_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Outcome::Decided(Decision {
+                    allowed: true,
+                    limit: served.limit,
+                    used: served.used,
+                    reset_at: served.reset_at,
+                    crossed: Vec::new(),
+                    granted: 0,
+                }));
+            }
+            Err(left) => left,
+        };
+        let outcome =
+            self.check(db, tenant, resource, amount, Mode::Lease { chunk: self.lease_chunk, give_back }).await?;
+        if let Outcome::Decided(d) = &outcome
+            && d.granted > 0
+            && let Some(reset_at) = d.reset_at
+        {
+            self.leases.grant(tenant, resource, reset_at.timestamp(), d.limit, d.used, d.granted);
+        }
+        Ok(outcome)
+    }
+
+    /// Forgets this process's leases of the tenant (its status or limits changed).
+    pub fn drop_leases(&self, tenant: TenantId) {
+        self.leases.drop_tenant(tenant);
     }
 
     /// Reads the tenant's status and limits from PostgreSQL and mirrors them into Redis. Counters

@@ -3,6 +3,7 @@
 //! counters back into PostgreSQL ([`rollup`]).
 
 pub mod engine;
+pub mod lease;
 pub mod rollup;
 pub mod store;
 

@@ -1,8 +1,9 @@
-//! `tenant-bench [provision | quota [seconds] | all]`: the benchmarks behind `scripts/bench`. Each starts the real
+//! `tenant-bench [provision | quota [seconds] | context [seconds] | all [seconds]]`: the benchmarks behind `scripts/bench`. Each starts the real
 //! release binaries (`tenant-api`, `tenant-worker`) next to this one, against a fresh database and
 //! Redis key prefix, measures, and prints throughput, latency percentiles and the ratio to a
 //! reference measured in the same run.
 
+mod context;
 mod processes;
 mod provision;
 mod quota;
@@ -15,11 +16,14 @@ async fn main() -> anyhow::Result<()> {
     match which.as_str() {
         "provision" => provision::run().await,
         "quota" => quota::run(seconds).await,
+        "context" => context::run(seconds).await,
         "all" => {
             provision::run().await?;
             println!();
-            quota::run(seconds).await
+            quota::run(seconds).await?;
+            println!();
+            context::run(seconds).await
         }
-        other => anyhow::bail!("unknown benchmark {other:?}; expected provision, quota or all"),
+        other => anyhow::bail!("unknown benchmark {other:?}; expected provision, quota, context or all"),
     }
 }

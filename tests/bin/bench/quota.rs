@@ -68,6 +68,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
         ids.push(tenant.id);
     }
     let _api = spawn("tenant-api", &["serve"], &env)?;
+    let _api = KillOnDrop(_api);
     let base = format!("http://127.0.0.1:{port}");
     processes::wait_ready(&format!("{base}/health")).await?;
     // Warm: each tenant's state is loaded into Redis once.
@@ -86,11 +87,32 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     let quota = wrk(&base, &script, seconds).await?;
     let livez = wrk_get(&format!("{base}/livez"), seconds).await?;
     let redis = redis_benchmark(&config, ids[0], seconds).await?;
+    drop(_api);
+
+    // The stretch: the same load on an API process that leases api_calls budget.
+    let mut leased_env = env.clone();
+    let leased_port = processes::free_port()?;
+    leased_env.insert("SERVICE_PORT".into(), leased_port.to_string());
+    leased_env.insert("QUOTA_LEASE_RESOURCES".into(), "api_calls".into());
+    leased_env.insert("QUOTA_LEASE_CHUNK".into(), "100".into());
+    let _leased_api = spawn("tenant-api", &["serve"], &leased_env)?;
+    let leased_base = format!("http://127.0.0.1:{leased_port}");
+    processes::wait_ready(&format!("{leased_base}/health")).await?;
+    let leased = wrk(&leased_base, &script, seconds).await?;
+    let metrics = reqwest::get(format!("{leased_base}/metrics")).await?.text().await?;
+    let leased_share = metrics
+        .lines()
+        .find(|l| l.starts_with("tenant_quota_leased_checks_total "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|n| n / (leased.rps * seconds as f64))
+        .unwrap_or(0.0);
 
     println!();
     println!("{:<44} {:>12} {:>10} {:>10} {:>10}", "", "requests/s", "p50", "p99", "p99.9");
     for (name, l) in [
         ("POST /internal/tenants/{id}/quota-check", quota),
+        ("  the same, api_calls leased (chunks of 100)", leased),
         ("GET /livez (static route, reference)", livez),
         ("redis-benchmark EVALSHA (same script)", redis),
     ] {
@@ -107,6 +129,11 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     println!();
     println!("quota-check / static route throughput: {:.2}  (bar: ≥ 0.40)", quota.rps / livez.rps);
     println!("quota-check / redis EVALSHA throughput: {:.2}", quota.rps / redis.rps);
+    println!(
+        "leased quota-check / static route throughput: {:.2}  (stretch: ≥ 0.80); {:.0} % of checks served in-process",
+        leased.rps / livez.rps,
+        leased_share * 100.0
+    );
     println!("quota-check p99: {:.2} ms  (bar: ≤ 10 ms)", quota.p99_ms);
     let counted: i64 = {
         let engine = tenant_domain::quota::engine::QuotaEngine::connect(&config)?;
@@ -140,13 +167,13 @@ end
     tempfile_path::write(&lua)
 }
 
-const DONE: &str = r#"done = function(summary, latency, requests)
+pub const DONE: &str = r#"done = function(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout
   io.write(string.format("RESULT %f %f %f %f %d\n", summary.requests / (summary.duration / 1e6),
     latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency:percentile(99.9) / 1000, errors))
 end"#;
 
-async fn wrk_get(url: &str, seconds: u64) -> anyhow::Result<Load> {
+pub async fn wrk_get(url: &str, seconds: u64) -> anyhow::Result<Load> {
     let script = tempfile_path::write(DONE)?;
     run_wrk(url, &script, seconds).await
 }
@@ -155,7 +182,7 @@ async fn wrk(base: &str, script: &tempfile_path::Path, seconds: u64) -> anyhow::
     run_wrk(base, script, seconds).await
 }
 
-async fn run_wrk(url: &str, script: &tempfile_path::Path, seconds: u64) -> anyhow::Result<Load> {
+pub async fn run_wrk(url: &str, script: &tempfile_path::Path, seconds: u64) -> anyhow::Result<Load> {
     let out = Command::new("wrk")
         .args(["-t2", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s"), "--timeout", "5s", "-s"])
         .arg(&script.0)
@@ -221,8 +248,17 @@ async fn redis_benchmark(config: &Config, tenant: TenantId, seconds: u64) -> any
     Ok(Load { rps: cols[0], p50_ms: cols[3], p99_ms: cols[5], p999_ms: cols[6], errors: 0 })
 }
 
+/// Stops a process when dropped (tokio's `kill_on_drop` only acts when the handle is dropped).
+struct KillOnDrop(tokio::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
 /// Temporary script files.
-mod tempfile_path {
+pub mod tempfile_path {
     pub struct Path(pub std::path::PathBuf);
 
     impl Drop for Path {

@@ -1,0 +1,98 @@
+//! Context reads: `GET /internal/tenants/{id}/context` over 100 tenants at 64 connections, with
+//! wrk, against a release `tenant-api` process — served from the two-level cache — and, in the
+//! same run with the same settings, the same server's static `GET /livez`.
+
+use crate::processes::{self, spawn};
+use crate::quota::{DONE, Load, run_wrk, tempfile_path, wrk_get};
+use serde_json::json;
+use tenant_domain::tenants::NewTenant;
+use tenant_domain::{TenantId, TenantStatus, plans, quota, tenant_config, tenants};
+use tenant_tests::{SERVICE_TOKEN, fresh_database, test_env};
+use uuid::Uuid;
+
+const TENANTS: usize = 100;
+
+pub async fn run(seconds: u64) -> anyhow::Result<()> {
+    println!("context read: {TENANTS} tenants, 64 connections, {seconds} s per run, wrk -t2");
+    let database_url = fresh_database().await?;
+    let mut env = test_env(&database_url);
+    let port = processes::free_port()?;
+    for (k, v) in [
+        ("SERVICE_HOST", "127.0.0.1".to_string()),
+        ("SERVICE_PORT", port.to_string()),
+        ("RUST_LOG", "error".to_string()),
+    ] {
+        env.insert(k.into(), v);
+    }
+    let db = sqlx::PgPool::connect(&database_url).await?;
+    let plan = plans::find(&db, "pro").await?;
+    let mut ids = Vec::with_capacity(TENANTS);
+    for i in 0..TENANTS {
+        let tenant = tenants::insert(
+            &db,
+            &NewTenant {
+                id: TenantId::new_v7(),
+                name: format!("Context {i}"),
+                slug: format!("ctx-{i:03}"),
+                domain: Some(format!("ctx-{i:03}.example.com")),
+                status: TenantStatus::Active,
+                plan_id: plan.id,
+                owner_id: Uuid::new_v4(),
+                owner_email: None,
+                settings: json!({}),
+                features: json!({ "ssoIntegration": true }),
+            },
+        )
+        .await?;
+        quota::store::insert_from_plan(&db, tenant.id, &plan).await?;
+        tenant_config::insert_defaults(&db, tenant.id).await?;
+        ids.push(tenant.id);
+    }
+    let _api = spawn("tenant-api", &["serve"], &env)?;
+    let base = format!("http://127.0.0.1:{port}");
+    processes::wait_ready(&format!("{base}/health")).await?;
+
+    let list = ids.iter().map(|id| format!("\"{id}\"")).collect::<Vec<_>>().join(",");
+    let script = tempfile_path::write(&format!(
+        r#"local ids = {{{list}}}
+local i = 0
+wrk.headers["X-Service-Token"] = "{SERVICE_TOKEN}"
+request = function()
+  i = i + 1
+  return wrk.format("GET", "/internal/tenants/" .. ids[(i % #ids) + 1] .. "/context")
+end
+{DONE}"#
+    ))?;
+    let context = run_wrk(&base, &script, seconds).await?;
+    let livez = wrk_get(&format!("{base}/livez"), seconds).await?;
+    let metrics = reqwest::get(format!("{base}/metrics")).await?.text().await?;
+    let hit_rate = metrics
+        .lines()
+        .find(|l| l.starts_with("tenant_config_cache_hit_rate "))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or("?")
+        .to_owned();
+
+    println!();
+    println!("{:<44} {:>12} {:>10} {:>10} {:>10}", "", "requests/s", "p50", "p99", "p99.9");
+    for (name, l) in [("GET /internal/tenants/{id}/context", context), ("GET /livez (static route, reference)", livez)]
+    {
+        print_row(name, l);
+    }
+    println!();
+    println!("context / static route throughput: {:.2}", context.rps / livez.rps);
+    println!("cache hit rate after the run: {hit_rate}");
+    Ok(())
+}
+
+fn print_row(name: &str, l: Load) {
+    println!(
+        "{:<44} {:>12.0} {:>7.2} ms {:>7.2} ms {:>7.2} ms{}",
+        name,
+        l.rps,
+        l.p50_ms,
+        l.p99_ms,
+        l.p999_ms,
+        if l.errors > 0 { format!("  ({} errors)", l.errors) } else { String::new() }
+    );
+}
