@@ -282,7 +282,7 @@ impl Config {
                 dir: env.get("MAIL_DIR").unwrap_or_else(|| "data/mail".into()),
             },
             quota: QuotaSettings {
-                connections: env.parse_in("REDIS_CONNECTION_POOL_SIZE", 4, 1..=64)?,
+                connections: env.parse_in("REDIS_CONNECTION_POOL_SIZE", 1, 1..=64)?,
                 timeout: Duration::from_millis(env.parse_in("QUOTA_TIMEOUT_MS", 500, 1..=60_000)?),
                 fail_open: env.list("QUOTA_FAIL_OPEN", crate::quota::Resource::ALL.map(|r| r.as_str()).as_slice())?,
                 rollup_interval: Duration::from_secs(env.parse_in("ROLLUP_INTERVAL_SECS", 300, 1..=86_400)?),

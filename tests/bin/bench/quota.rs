@@ -36,6 +36,13 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     ] {
         env.insert(k.into(), v);
     }
+    // Settings of the API under test may be varied from the bench's own environment.
+    for k in ["REDIS_CONNECTION_POOL_SIZE", "QUOTA_LEASE_CHUNK"] {
+        if let Ok(v) = std::env::var(k) {
+            println!("{k}={v}");
+            env.insert(k.into(), v);
+        }
+    }
     let config = Config::from_lookup(|k| env.get(k).cloned())?;
     let db = sqlx::PgPool::connect(&database_url).await?;
     let plan = plans::find(&db, "enterprise").await?;
