@@ -208,6 +208,16 @@ async fn create_delete_and_restore_round_trip() {
     let (status, body) = app.call(Method::DELETE, &format!("/api/v1/tenants/{tenant}"), Some(&token), None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["data"]["tenant"]["status"], json!("deleting"));
+    // from now on its quota checks are denied
+    let res = app
+        .client
+        .post(app.url(&format!("/internal/tenants/{tenant}/quota-check")))
+        .header("x-service-token", tenant_tests::SERVICE_TOKEN)
+        .json(&json!({ "resource": "api_calls" }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
     let job = app.wait_job(body["data"]["job"]["id"].as_str().expect("id"), DEADLINE).await;
     assert_eq!(job["status"], json!("succeeded"), "{job}");
     let backup_id = job["result"]["backupId"].as_str().expect("backupId").to_owned();
