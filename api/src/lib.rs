@@ -10,6 +10,7 @@ pub mod state;
 
 pub use state::AppState;
 
+use axum::serve::ListenerExt;
 use std::future::Future;
 use tokio::net::TcpListener;
 
@@ -25,6 +26,13 @@ pub async fn serve(
     let listener_task =
         tokio::spawn(cache::listen(state.contexts.clone(), state.quota.clone(), state.config.clone(), stop_rx));
     let app = http::router(state);
+    // Without TCP_NODELAY a response written in two segments waits for the client's delayed ACK
+    // (tens of milliseconds): it showed as the tail of the larger context answers.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "could not set TCP_NODELAY");
+        }
+    });
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     let _ = stop_tx.send(true);
     listener_task.abort();
