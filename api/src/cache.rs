@@ -1,4 +1,4 @@
-//! The two-level tenant context cache: in-process (moka) in front of Redis (see
+//! The two-level tenant context cache: in-process in front of Redis (see
 //! `tenant_domain::context`) in front of PostgreSQL.
 //!
 //! A change drops the context everywhere: the replica that made it drops its own copy, bumps the
@@ -15,20 +15,76 @@
 //! counter for the process).
 
 use futures::StreamExt;
-use moka::sync::Cache;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use std::time::Instant;
 use tenant_domain::context::{self, ContextStore, TenantContext};
 use tenant_domain::quota::engine::QuotaEngine;
 use tenant_domain::tenant_config::secrets::ConfigCipher;
 use tenant_domain::{Config, TenantId};
 use tokio::sync::watch;
 
+/// A cached context and its success envelope, serialized once (the context answer is a few KB).
+pub struct CachedContext {
+    pub ctx: TenantContext,
+    pub envelope: axum::body::Bytes,
+}
+
+impl CachedContext {
+    fn new(ctx: TenantContext) -> Arc<Self> {
+        let envelope = serde_json::to_vec(&serde_json::json!({ "success": true, "data": &ctx })).unwrap_or_default();
+        Arc::new(Self { ctx, envelope: envelope.into() })
+    }
+}
+
+/// The in-process level: a map read under a shared lock, entries expiring after a TTL, cleared
+/// wholesale if it ever outgrows its capacity (tenants number in the hundreds to thousands).
+struct Local {
+    map: RwLock<HashMap<TenantId, (Arc<CachedContext>, String, Instant)>>,
+    ttl: Duration,
+    capacity: usize,
+}
+
+impl Local {
+    fn get(&self, id: &TenantId) -> Option<(Arc<CachedContext>, String)> {
+        let map = self.map.read().ok()?;
+        let (ctx, version, at) = map.get(id)?;
+        (at.elapsed() < self.ttl).then(|| (ctx.clone(), version.clone()))
+    }
+
+    fn insert(&self, id: TenantId, ctx: Arc<CachedContext>, version: String) {
+        if let Ok(mut map) = self.map.write() {
+            if map.len() >= self.capacity {
+                let ttl = self.ttl;
+                map.retain(|_, (_, _, at)| at.elapsed() < ttl);
+                if map.len() >= self.capacity {
+                    map.clear();
+                }
+            }
+            map.insert(id, (ctx, version, Instant::now()));
+        }
+    }
+
+    fn invalidate(&self, id: &TenantId) {
+        if let Ok(mut map) = self.map.write() {
+            map.remove(id);
+        }
+    }
+
+    fn invalidate_all(&self) {
+        if let Ok(mut map) = self.map.write() {
+            map.clear();
+        }
+    }
+}
+
 pub struct ContextCache {
-    local: Cache<TenantId, (Arc<TenantContext>, String)>,
+    local: Local,
     store: ContextStore,
     generation: AtomicU64,
     pub local_hits: AtomicU64,
@@ -39,10 +95,11 @@ pub struct ContextCache {
 impl ContextCache {
     pub fn new(config: &Config, conn: ConnectionManager) -> Self {
         Self {
-            local: Cache::builder()
-                .max_capacity(config.cache.local_capacity)
-                .time_to_live(config.cache.local_ttl.min(config.tenant_config_ttl))
-                .build(),
+            local: Local {
+                map: RwLock::new(HashMap::new()),
+                ttl: config.cache.local_ttl.min(config.tenant_config_ttl),
+                capacity: usize::try_from(config.cache.local_capacity).unwrap_or(usize::MAX),
+            },
             store: ContextStore::new(config, conn),
             generation: AtomicU64::new(0),
             local_hits: AtomicU64::new(0),
@@ -58,7 +115,7 @@ impl ContextCache {
         db: &PgPool,
         cipher: &ConfigCipher,
         id: TenantId,
-    ) -> tenant_domain::Result<Option<Arc<TenantContext>>> {
+    ) -> tenant_domain::Result<Option<Arc<CachedContext>>> {
         let generation = self.generation.load(Ordering::SeqCst);
         if let Some((ctx, seen)) = self.local.get(&id) {
             match self.store.version(id).await {
@@ -84,7 +141,7 @@ impl ContextCache {
         let ctx = match cached {
             Some(ctx) => {
                 self.redis_hits.fetch_add(1, Ordering::Relaxed);
-                Arc::new(ctx)
+                CachedContext::new(ctx)
             }
             None => {
                 self.misses.fetch_add(1, Ordering::Relaxed);
@@ -94,11 +151,11 @@ impl ContextCache {
                 {
                     tracing::warn!(tenant = %id, error = %err, "context cache: could not store in Redis");
                 }
-                Arc::new(built)
+                CachedContext::new(built)
             }
         };
         if !version.is_empty() && self.generation.load(Ordering::SeqCst) == generation {
-            self.local.insert(id, (ctx.clone(), version));
+            self.local.insert(id, ctx.clone(), version);
         }
         Ok(Some(ctx))
     }

@@ -72,6 +72,27 @@ impl Queue {
         Ok(matches!(status.as_deref(), Some(s) if s != "Done" && s != "Killed") && !dead)
     }
 
+    /// Removes deliveries that finished more than `keep` ago (they and their metadata would
+    /// otherwise stay in Redis forever); returns how many. The job rows keep the history.
+    pub async fn vacuum(&self, keep: Duration) -> redis::RedisResult<u64> {
+        let script = redis::Script::new(include_str!("vacuum.lua"));
+        let mut conn = self.conn.clone();
+        let mut removed = 0;
+        for kind in JobKind::ALL {
+            let config = self.config(kind);
+            let n: u64 = script
+                .key(config.job_data_hash())
+                .key(config.job_meta_hash())
+                .key(config.done_jobs_set())
+                .key(config.dead_jobs_set())
+                .arg(keep.as_secs())
+                .invoke_async(&mut conn)
+                .await?;
+            removed += n;
+        }
+        Ok(removed)
+    }
+
     /// Deliveries waiting in Redis (ready plus scheduled), over all kinds.
     pub async fn depth(&self) -> redis::RedisResult<u64> {
         let mut conn = self.conn.clone();

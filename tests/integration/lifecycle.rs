@@ -424,3 +424,46 @@ async fn restore_refuses_a_taken_slug_and_a_tampered_archive() {
     assert_eq!(body["data"]["status"], json!("deleted"));
     assert!(!schema_exists(&app, &third).await);
 }
+
+#[tokio::test]
+async fn finished_deliveries_are_vacuumed_from_redis() {
+    let app = TestApp::spawn().await;
+    let _worker = app.spawn_worker();
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        jobs.push(create(&app, &format!("swept-{i}"), "free").await.1);
+    }
+    for job in &jobs {
+        assert_eq!(app.wait_job(job, DEADLINE).await["status"], json!("succeeded"));
+    }
+    let config = app.state.queue.config(tenant_jobs::JobKind::ProvisionTenant);
+    let mut conn = app.state.redis.clone();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        // apalis acknowledges right after the handler returns
+        let done: u64 = redis::cmd("SCARD").arg(config.done_jobs_set()).query_async(&mut conn).await.expect("scard");
+        if done >= 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "deliveries not acknowledged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let ctx = tenant_worker::context(std::sync::Arc::new(app.config.clone()), stop_rx).await.expect("ctx");
+    let removed = tenant_worker::scheduler::vacuum_once(&ctx, Duration::ZERO).await.expect("vacuum");
+    assert!(removed.is_some_and(|n| n >= 3), "{removed:?}");
+    assert_eq!(
+        tenant_worker::scheduler::vacuum_once(&ctx, Duration::ZERO).await.expect("vacuum"),
+        None,
+        "one worker per period"
+    );
+    let done: u64 = redis::cmd("SCARD").arg(config.done_jobs_set()).query_async(&mut conn).await.expect("scard");
+    let data: u64 = redis::cmd("HLEN").arg(config.job_data_hash()).query_async(&mut conn).await.expect("hlen");
+    assert_eq!((done, data), (0, 0));
+    // the job rows keep the history, and nothing is re-run
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for job in &jobs {
+        let (_, body) = app.get(&format!("/api/v1/jobs/{job}"), &app.admin_token()).await;
+        assert_eq!((body["data"]["status"].clone(), body["data"]["attempts"].clone()), (json!("succeeded"), json!(1)));
+    }
+}

@@ -2,6 +2,9 @@
 //! schedule key (`quota_rollup:<tick>`), so exactly one job exists per tick however many workers
 //! run, and only the worker whose insert won pushes it. (apalis-cron would fire on every replica,
 //! apalis#281.)
+//!
+//! Also here: the hourly vacuum of finished deliveries in Redis, run by whichever worker takes
+//! the hour's lock.
 
 use chrono::Utc;
 use serde_json::json;
@@ -9,6 +12,41 @@ use std::time::Duration;
 use tenant_domain::JobId;
 use tenant_domain::jobs::{self, NewJob};
 use tenant_jobs::{JobContext, JobKind, Queue};
+
+/// Finished deliveries are kept this long in Redis (for diagnostics), then removed.
+const KEEP_FINISHED: Duration = Duration::from_secs(3600);
+
+pub async fn vacuum(ctx: JobContext) {
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(KEEP_FINISHED) => {}
+            _ = shutdown.changed() => return,
+        }
+        match vacuum_once(&ctx, KEEP_FINISHED).await {
+            Ok(Some(n)) => tracing::info!(removed = n, "finished deliveries vacuumed from Redis"),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(error = %err, "queue vacuum failed"),
+        }
+    }
+}
+
+/// One vacuum, unless another worker holds this period's lock; `Some(removed)` if it ran.
+pub async fn vacuum_once(ctx: &JobContext, keep: Duration) -> anyhow::Result<Option<u64>> {
+    let mut conn = ctx.redis.clone();
+    let lock: Option<String> = redis::cmd("SET")
+        .arg(ctx.keys.key("queue-vacuum-lock"))
+        .arg(&ctx.worker_id)
+        .arg("NX")
+        .arg("EX")
+        .arg(keep.as_secs().max(1) / 2 + 1)
+        .query_async(&mut conn)
+        .await?;
+    if lock.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(ctx.queue.vacuum(keep).await?))
+}
 
 pub async fn run(ctx: JobContext) {
     let interval = ctx.config.quota.rollup_interval;

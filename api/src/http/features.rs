@@ -61,7 +61,7 @@ pub async fn internal(
     _caller: ServiceCaller,
     Path(id): Path<TenantId>,
 ) -> Result<Response> {
-    let ctx = state.contexts.get(&state.db, &state.cipher, id).await?.ok_or_else(Error::tenant_not_found)?;
-    let features: Map<String, Value> = ctx.features.clone();
-    Ok(response::ok(json!({ "tenantId": id, "status": ctx.tenant.status, "features": features })))
+    let cached = state.contexts.get(&state.db, &state.cipher, id).await?.ok_or_else(Error::tenant_not_found)?;
+    let features: Map<String, Value> = cached.ctx.features.clone();
+    Ok(response::ok(json!({ "tenantId": id, "status": cached.ctx.tenant.status, "features": features })))
 }

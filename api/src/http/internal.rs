@@ -7,7 +7,7 @@ use super::extract::Path;
 use super::response::{self, Envelope};
 use crate::AppState;
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tenant_domain::Error;
 use tenant_domain::context::TenantContext;
@@ -61,7 +61,7 @@ pub async fn validate(
         Some(id) => tenants::get(&state.db, id).await?,
         None => tenants::find_by_slug_or_domain(&state.db, body.slug.as_deref(), body.domain.as_deref()).await?,
     };
-    let context = state.contexts.get(&state.db, &state.cipher, tenant.id).await?.map(|c| (*c).clone());
+    let context = state.contexts.get(&state.db, &state.cipher, tenant.id).await?.map(|c| c.ctx.clone());
     Ok(response::ok(ValidateResponse {
         context,
         valid: tenant.status == TenantStatus::Active,
@@ -86,6 +86,6 @@ pub async fn context(
     _caller: ServiceCaller,
     Path(id): Path<TenantId>,
 ) -> Result<Response> {
-    let ctx = state.contexts.get(&state.db, &state.cipher, id).await?.ok_or_else(Error::tenant_not_found)?;
-    Ok(response::ok(&*ctx))
+    let cached = state.contexts.get(&state.db, &state.cipher, id).await?.ok_or_else(Error::tenant_not_found)?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], cached.envelope.clone()).into_response())
 }
