@@ -42,10 +42,13 @@ impl CachedContext {
     }
 }
 
+/// A context, the Redis version it was read under, and when it was cached.
+type Entry = (Arc<CachedContext>, String, Instant);
+
 /// The in-process level: a map read under a shared lock, entries expiring after a TTL, cleared
 /// wholesale if it ever outgrows its capacity (tenants number in the hundreds to thousands).
 struct Local {
-    map: RwLock<HashMap<TenantId, (Arc<CachedContext>, String, Instant)>>,
+    map: RwLock<HashMap<TenantId, Entry>>,
     ttl: Duration,
     capacity: usize,
 }
