@@ -48,6 +48,8 @@ pub struct Config {
     pub region: String,
     pub cache: CacheSettings,
     pub outbound: OutboundSettings,
+    /// Where `tenant-worker` serves its `/metrics` and `/health` (unset: not served).
+    pub worker_metrics_port: Option<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -313,6 +315,10 @@ impl Config {
                 keys
             },
             region: env.get("REGION").unwrap_or_else(|| "local".into()),
+            worker_metrics_port: match env.get("WORKER_METRICS_PORT") {
+                None => None,
+                Some(_) => Some(env.parse_in("WORKER_METRICS_PORT", 9465, 1..=65535)?),
+            },
             cache: CacheSettings {
                 local_ttl: Duration::from_secs(env.parse_in("CACHE_LOCAL_TTL_SECS", 300, 1..=86_400)?),
                 local_capacity: env.parse_in("CACHE_LOCAL_CAPACITY", 10_000, 10..=10_000_000)?,

@@ -467,3 +467,33 @@ async fn finished_deliveries_are_vacuumed_from_redis() {
         assert_eq!((body["data"]["status"].clone(), body["data"]["attempts"].clone()), (json!("succeeded"), json!(1)));
     }
 }
+
+#[tokio::test]
+async fn the_worker_reports_its_jobs_in_prometheus_text() {
+    let app = TestApp::spawn().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let _worker = app.spawn_worker_with(|env| {
+        env.insert("WORKER_METRICS_PORT".into(), port.to_string());
+        env.insert("SERVICE_HOST".into(), "127.0.0.1".into());
+    });
+    let (_, job) = create(&app, "measured", "free").await;
+    assert_eq!(app.wait_job(&job, DEADLINE).await["status"], json!("succeeded"));
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let text = loop {
+        if let Ok(res) = app.client.get(format!("{url}/metrics")).send().await {
+            let text = res.text().await.expect("text");
+            if text.contains(r#"tenant_jobs_total{kind="provision_tenant",outcome="succeeded"} 1"#) {
+                break text;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "worker metrics never showed the job");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(text.contains("tenant_job_duration_seconds_bucket{kind=\"provision_tenant\""), "{text}");
+    assert!(text.contains("tenant_jobs_open{status=\"running\"} 0"), "{text}");
+    assert!(text.contains("tenant_queue_depth 0"), "{text}");
+    assert!(text.contains("tenant_outbox_unpublished"), "{text}");
+    let res = app.client.get(format!("{url}/health")).send().await.expect("sent");
+    assert_eq!(res.status(), StatusCode::OK);
+}

@@ -10,6 +10,7 @@
 //! reconciler after a few).
 
 pub mod alerts;
+pub mod metrics;
 pub mod poll;
 pub mod reconciler;
 pub mod relay;
@@ -84,6 +85,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         tokio::spawn(relay::run(ctx.clone())),
     ];
 
+    let job_metrics = Arc::new(metrics::JobMetrics::new()?);
+    let metrics_task =
+        config.worker_metrics_port.map(|port| tokio::spawn(metrics::serve(ctx.clone(), job_metrics.clone(), port)));
     let ctx = Arc::new(ctx);
     let mut monitor = Monitor::new()
         .should_restart(|worker, error| {
@@ -98,6 +102,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .with_terminator(tokio::time::sleep(config.shutdown_timeout));
     for kind in JobKind::ALL {
         let ctx = ctx.clone();
+        let job_metrics = job_metrics.clone();
         let worker_id = worker_id.clone();
         monitor = monitor.register(move |restarts| {
             let storage =
@@ -106,6 +111,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
                 .backend(storage)
                 .data(ctx.clone())
                 .data(kind)
+                .data(job_metrics.clone())
                 .concurrency(ctx.config.jobs.concurrency)
                 .catch_panic()
                 .build(handle)
@@ -119,7 +125,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             Ok(())
         })
         .await;
-    for task in background {
+    for task in background.into_iter().chain(metrics_task) {
         task.abort();
     }
     db.close().await;
@@ -157,9 +163,26 @@ async fn handle(
     message: JobMessage,
     ctx: Data<Arc<JobContext>>,
     kind: Data<JobKind>,
+    metrics: Data<Arc<metrics::JobMetrics>>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
-    match engine::run(&ctx, *kind, message.job_id).await {
+    let started = std::time::Instant::now();
+    let result = engine::run(&ctx, *kind, message.job_id).await;
+    let outcome = match &result {
+        Ok(o) => match o {
+            engine::Outcome::Succeeded => "succeeded",
+            engine::Outcome::Compensated => "compensated",
+            engine::Outcome::Failed => "failed",
+            engine::Outcome::Retrying(_) => "retrying",
+            engine::Outcome::NotClaimed => "not_claimed",
+            engine::Outcome::LeaseLost => "lease_lost",
+            engine::Outcome::Released => "released",
+        },
+        Err(_) => "error",
+    };
+    metrics.outcomes.with_label_values(&[kind.name(), outcome]).inc();
+    metrics.duration.with_label_values(&[kind.name()]).observe(started.elapsed().as_secs_f64());
+    match result {
         Ok(outcome) => {
             tracing::debug!(job = %message.job_id, kind = kind.name(), ?outcome, "delivery handled");
             Ok(())
