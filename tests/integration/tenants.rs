@@ -205,3 +205,47 @@ async fn status_moves_follow_the_lifecycle() {
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
 }
+
+#[tokio::test]
+async fn every_mutation_honours_an_idempotency_key() {
+    let app = TestApp::spawn().await;
+    let t = app.insert_tenant("Once", "once-co", "pro", TenantStatus::Active).await;
+    app.insert_quotas_from_plan(&t).await;
+    let token = app.admin_token();
+    let send = |method: Method, path: String, key: &'static str, body: serde_json::Value| {
+        let req =
+            app.client.request(method, app.url(&path)).bearer_auth(&token).header("idempotency-key", key).json(&body);
+        async move { req.send().await.expect("sent") }
+    };
+    let quotas = format!("/api/v1/tenants/{}/quotas", t.id);
+    let first = send(Method::PUT, quotas.clone(), "limits-1", json!({ "limits": { "users": 42 } })).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let first: serde_json::Value = first.json().await.expect("json");
+    let again = send(Method::PUT, quotas.clone(), "limits-1", json!({ "limits": { "users": 42 } })).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.headers().get("idempotent-replayed").map(|v| v.to_str().ok()), Some(Some("true")));
+    assert_eq!(again.json::<serde_json::Value>().await.expect("json"), first);
+    let audited: i64 =
+        sqlx::query_scalar("select count(*) from audit_log where tenant_id = $1 and action = 'tenant.quotas.update'")
+            .bind(t.id)
+            .fetch_one(&app.db)
+            .await
+            .expect("q");
+    assert_eq!(audited, 1, "done once");
+    let other = send(Method::PUT, quotas, "limits-1", json!({ "limits": { "users": 43 } })).await;
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // a refused request's answer is replayed too; without a key nothing is remembered
+    let status_path = format!("/api/v1/tenants/{}/status", t.id);
+    let bad = send(Method::PATCH, status_path.clone(), "status-1", json!({ "status": "deleted" })).await;
+    assert_eq!(bad.status(), StatusCode::CONFLICT);
+    let bad_again = send(Method::PATCH, status_path, "status-1", json!({ "status": "deleted" })).await;
+    assert_eq!(
+        (bad_again.status(), bad_again.headers().contains_key("idempotent-replayed")),
+        (StatusCode::CONFLICT, true)
+    );
+    let (status, _) = app
+        .call(Method::PUT, &format!("/api/v1/tenants/{}", t.id), Some(&token), Some(json!({ "name": "Twice" })))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -195,7 +195,7 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
-fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthUser> {
+pub(crate) fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthUser> {
     {
         let header = parts
             .headers

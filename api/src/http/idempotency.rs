@@ -139,3 +139,137 @@ pub async fn complete<T: Serialize>(
         .map_err(ApiError::internal)?;
     Ok(())
 }
+
+/// Routes whose handlers claim the key inside their own transaction (see [`begin`]).
+const IN_TRANSACTION: [(&str, &str); 3] =
+    [("POST", "/api/v1/tenants"), ("DELETE", "/api/v1/tenants/{id}"), ("POST", "/api/v1/tenants/restore")];
+
+/// How long a claimed key whose request never finished (a crash) blocks repeats.
+const STALE_CLAIM_SECS: i64 = 60;
+
+/// `Idempotency-Key` for the other mutating endpoints of `/api/v1`: the key is claimed before the
+/// handler runs and its answer stored after, so a repeat within 24 h gets the first answer (a
+/// repeat while the first is still running gets 409 `IDEMPOTENCY_IN_PROGRESS`). A 5xx answer is
+/// not stored: the request may be retried with the same key.
+pub async fn middleware(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method().as_str().to_owned();
+    let Some(key) = request.headers().get("idempotency-key").cloned() else { return next.run(request).await };
+    if !matches!(method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE") {
+        return next.run(request).await;
+    }
+    let route =
+        request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    if IN_TRANSACTION.contains(&(method.as_str(), route.as_str())) {
+        return next.run(request).await;
+    }
+    match run_idempotently(&state, key, method, request, next).await {
+        Ok(response) | Err(response) => response,
+    }
+}
+
+async fn run_idempotently(
+    state: &crate::AppState,
+    key: HeaderValue,
+    method: String,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, Response> {
+    let key = key
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::field("Idempotency-Key", "1 to 255 visible ASCII characters").into_response())?;
+    // The caller: the token's subject (an invalid token is left to the handler's 401).
+    let (parts, body) = request.into_parts();
+    let scope = match super::auth::authenticate(&parts, state) {
+        Ok(user) => user.user_id,
+        Err(err) => return Err(err.into_response()),
+    };
+    let bytes = axum::body::to_bytes(body, state.config.body_limit_bytes).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "request body exceeds 1 MiB").into_response()
+    })?;
+    let path = parts.uri.path().to_owned();
+    let mut hasher = Sha256::new();
+    hasher.update(format!("{method} {path} ").as_bytes());
+    hasher.update(&bytes);
+    let hash = hasher.finalize().to_vec();
+    let db = &state.db;
+    let claimed: Option<String> = sqlx::query_scalar(
+        "insert into idempotency_keys (scope, key, method, path, request_hash) values ($1, $2, $3, $4, $5) \
+         on conflict (scope, key) do update set method = excluded.method, path = excluded.path, \
+             request_hash = excluded.request_hash, status_code = null, response_body = null, created_at = now() \
+             where idempotency_keys.created_at < now() - interval '24 hours' \
+                or (idempotency_keys.status_code is null and idempotency_keys.created_at < now() - make_interval(secs => $6)) \
+         returning key",
+    )
+    .bind(&scope)
+    .bind(&key)
+    .bind(&method)
+    .bind(&path)
+    .bind(&hash)
+    .bind(STALE_CLAIM_SECS as f64)
+    .fetch_optional(db)
+    .await
+    .map_err(|e| ApiError::internal(e).into_response())?;
+    if claimed.is_none() {
+        let (stored_hash, status, body): (Vec<u8>, Option<i32>, Option<Value>) = sqlx::query_as(
+            "select request_hash, status_code, response_body from idempotency_keys where scope = $1 and key = $2",
+        )
+        .bind(&scope)
+        .bind(&key)
+        .fetch_one(db)
+        .await
+        .map_err(|e| ApiError::internal(e).into_response())?;
+        if stored_hash != hash {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                "this Idempotency-Key was used for a different request",
+            )
+            .into_response());
+        }
+        let status = status.and_then(|s| u16::try_from(s).ok()).and_then(|s| StatusCode::from_u16(s).ok());
+        return match (status, body) {
+            (Some(status), Some(body)) => {
+                let mut response = (status, axum::Json(body)).into_response();
+                response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+                Ok(response)
+            }
+            _ => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "IDEMPOTENCY_IN_PROGRESS",
+                "a request with this key is in progress",
+            )
+            .into_response()),
+        };
+    }
+    let response = next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await;
+    let (res_parts, res_body) = response.into_parts();
+    let res_bytes = axum::body::to_bytes(res_body, usize::MAX).await.unwrap_or_default();
+    let stored: Option<Value> = serde_json::from_slice(&res_bytes).ok();
+    let outcome = if res_parts.status.is_server_error() || stored.is_none() {
+        sqlx::query("delete from idempotency_keys where scope = $1 and key = $2")
+            .bind(&scope)
+            .bind(&key)
+            .execute(db)
+            .await
+    } else {
+        sqlx::query("update idempotency_keys set status_code = $3, response_body = $4 where scope = $1 and key = $2")
+            .bind(&scope)
+            .bind(&key)
+            .bind(i32::from(res_parts.status.as_u16()))
+            .bind(stored)
+            .execute(db)
+            .await
+    };
+    if let Err(err) = outcome {
+        tracing::error!(error = %err, "could not record an idempotent response");
+    }
+    Ok(Response::from_parts(res_parts, axum::body::Body::from(res_bytes)))
+}

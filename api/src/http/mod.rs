@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}", get(jobs::get))
         .route("/api/v1/tenants/{id}/status", patch(tenants::set_status))
         .route("/api/v1/plans", get(plans::list))
+        .route_layer(middleware::from_fn_with_state(state.clone(), idempotency::middleware))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::rate_limit));
 
     let internal = Router::new()
