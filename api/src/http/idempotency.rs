@@ -62,23 +62,46 @@ pub async fn begin(
 ) -> Result<Begin> {
     let Some(key) = &key.0 else { return Ok(Begin::Proceed(None)) };
     let hash = Sha256::digest(format!("{method} {path} {body}").as_bytes()).to_vec();
+    Ok(match claim(conn, scope, key, method, path, &hash).await? {
+        Claimed::Fresh => Begin::Proceed(Some(Claim { scope: scope.to_owned(), key: key.clone() })),
+        Claimed::Replay(response) => Begin::Replay(response),
+    })
+}
+
+enum Claimed {
+    Fresh,
+    Replay(Response),
+}
+
+/// Claims (`scope`, `key`) for a request hashing to `hash`, or finds the stored answer. A key
+/// older than 24 h, or claimed but never answered for a minute (a crash), is claimed afresh.
+async fn claim(
+    conn: &mut PgConnection,
+    scope: &str,
+    key: &str,
+    method: &str,
+    path: &str,
+    hash: &[u8],
+) -> Result<Claimed> {
     let claimed: Option<String> = sqlx::query_scalar(
         "insert into idempotency_keys (scope, key, method, path, request_hash) values ($1, $2, $3, $4, $5) \
          on conflict (scope, key) do update set method = excluded.method, path = excluded.path, \
              request_hash = excluded.request_hash, status_code = null, response_body = null, created_at = now() \
              where idempotency_keys.created_at < now() - interval '24 hours' \
+                or (idempotency_keys.status_code is null and idempotency_keys.created_at < now() - make_interval(secs => $6)) \
          returning key",
     )
     .bind(scope)
     .bind(key)
     .bind(method)
     .bind(path)
-    .bind(&hash)
+    .bind(hash)
+    .bind(STALE_CLAIM_SECS as f64)
     .fetch_optional(&mut *conn)
     .await
     .map_err(ApiError::internal)?;
     if claimed.is_some() {
-        return Ok(Begin::Proceed(Some(Claim { scope: scope.to_owned(), key: key.clone() })));
+        return Ok(Claimed::Fresh);
     }
     let (stored_hash, status, body): (Vec<u8>, Option<i32>, Option<Value>) = sqlx::query_as(
         "select request_hash, status_code, response_body from idempotency_keys where scope = $1 and key = $2",
@@ -104,7 +127,7 @@ pub async fn begin(
             if let Some(location) = location {
                 response.headers_mut().insert(axum::http::header::LOCATION, location);
             }
-            Ok(Begin::Replay(response))
+            Ok(Claimed::Replay(response))
         }
         _ => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -200,55 +223,13 @@ async fn run_idempotently(
     hasher.update(&bytes);
     let hash = hasher.finalize().to_vec();
     let db = &state.db;
-    let claimed: Option<String> = sqlx::query_scalar(
-        "insert into idempotency_keys (scope, key, method, path, request_hash) values ($1, $2, $3, $4, $5) \
-         on conflict (scope, key) do update set method = excluded.method, path = excluded.path, \
-             request_hash = excluded.request_hash, status_code = null, response_body = null, created_at = now() \
-             where idempotency_keys.created_at < now() - interval '24 hours' \
-                or (idempotency_keys.status_code is null and idempotency_keys.created_at < now() - make_interval(secs => $6)) \
-         returning key",
-    )
-    .bind(&scope)
-    .bind(&key)
-    .bind(&method)
-    .bind(&path)
-    .bind(&hash)
-    .bind(STALE_CLAIM_SECS as f64)
-    .fetch_optional(db)
-    .await
-    .map_err(|e| ApiError::internal(e).into_response())?;
-    if claimed.is_none() {
-        let (stored_hash, status, body): (Vec<u8>, Option<i32>, Option<Value>) = sqlx::query_as(
-            "select request_hash, status_code, response_body from idempotency_keys where scope = $1 and key = $2",
-        )
-        .bind(&scope)
-        .bind(&key)
-        .fetch_one(db)
-        .await
-        .map_err(|e| ApiError::internal(e).into_response())?;
-        if stored_hash != hash {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "IDEMPOTENCY_KEY_REUSED",
-                "this Idempotency-Key was used for a different request",
-            )
-            .into_response());
-        }
-        let status = status.and_then(|s| u16::try_from(s).ok()).and_then(|s| StatusCode::from_u16(s).ok());
-        return match (status, body) {
-            (Some(status), Some(body)) => {
-                let mut response = (status, axum::Json(body)).into_response();
-                response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-                Ok(response)
-            }
-            _ => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "IDEMPOTENCY_IN_PROGRESS",
-                "a request with this key is in progress",
-            )
-            .into_response()),
-        };
+    let mut conn = db.acquire().await.map_err(|e| ApiError::internal(e).into_response())?;
+    match claim(&mut conn, &scope, &key, &method, &path, &hash).await {
+        Ok(Claimed::Fresh) => {}
+        Ok(Claimed::Replay(response)) => return Ok(response),
+        Err(err) => return Err(err.into_response()),
     }
+    drop(conn);
     let response = next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await;
     let (res_parts, res_body) = response.into_parts();
     let res_bytes = axum::body::to_bytes(res_body, usize::MAX).await.unwrap_or_default();
