@@ -228,8 +228,10 @@ async fn run_saga<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, Engin
 
     let saga = match S::load(ctx, &job).await {
         Ok(saga) => saga,
-        Err(StepError::Transient(message)) => return retry(ctx, S::KIND, &lease, &job, None, &message).await,
-        Err(StepError::Permanent(message)) => {
+        Err(StepError::Transient(message)) if job.attempts < job.max_attempts => {
+            return retry(ctx, S::KIND, &lease, &job, None, &message).await;
+        }
+        Err(StepError::Transient(message) | StepError::Permanent(message)) => {
             let error = json!({ "message": message });
             lease.finish(JobStatus::Failed, None, Some(&error)).await?;
             tracing::error!(job = %id, %message, "job cannot run");
