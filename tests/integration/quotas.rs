@@ -467,3 +467,46 @@ async fn leased_budget_serves_consumes_in_process_and_still_never_overruns() {
     let (status, body) = check(&app, &u, "api_calls", 1, true).await;
     assert_eq!((status, body["error"]["code"].clone()), (StatusCode::FORBIDDEN, json!("TENANT_NOT_ACTIVE")));
 }
+
+#[tokio::test]
+async fn usage_sent_twice_with_one_idempotency_key_counts_once() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("QUOTA_LEASE_RESOURCES".into(), "api_calls".into());
+    })
+    .await;
+    let t = active_tenant(&app, "retried").await;
+    let send = |path: String, key: &'static str, body: Value| {
+        let req = app
+            .client
+            .post(app.url(&path))
+            .header("x-service-token", SERVICE_TOKEN)
+            .header("idempotency-key", key)
+            .json(&body);
+        async move {
+            let res = req.send().await.expect("sent");
+            let replayed = res.headers().contains_key("idempotent-replayed");
+            (res.status(), replayed, res.json::<Value>().await.expect("json"))
+        }
+    };
+    let usage = format!("/internal/tenants/{}/usage", t.id);
+    let (status, replayed, body) =
+        send(usage.clone(), "upload-1", json!({ "resource": "storage", "amount": 700 })).await;
+    assert_eq!((status, replayed, body["data"]["used"].clone()), (StatusCode::OK, false, json!(700)));
+    let (status, replayed, body) =
+        send(usage.clone(), "upload-1", json!({ "resource": "storage", "amount": 700 })).await;
+    assert_eq!(
+        (status, replayed, body["data"]["used"].clone(), body["data"]["replayed"].clone()),
+        (StatusCode::OK, true, json!(700), json!(true))
+    );
+    let (_, _, body) = send(usage, "upload-2", json!({ "resource": "storage", "amount": 300 })).await;
+    assert_eq!(body["data"]["used"], json!(1000));
+
+    // a keyed consume is counted exactly once, leased resource or not
+    let path = format!("/internal/tenants/{}/quota-check", t.id);
+    for _ in 0..3 {
+        let (status, _, _) = send(path.clone(), "call-1", json!({ "resource": "api_calls", "consume": true })).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (_, body) = check(&app, &t, "api_calls", 1, false).await;
+    assert_eq!(body["data"]["used"], json!(1));
+}

@@ -5,6 +5,7 @@
 use super::auth::{Access, AuthUser, ServiceCaller};
 use super::error::{ApiError, Result};
 use super::extract::{Json, Path, Query, RequestId};
+use super::idempotency::IdempotencyKey;
 use super::response::{self, Envelope};
 use crate::AppState;
 use axum::extract::State;
@@ -44,6 +45,9 @@ pub struct CheckResponse {
     /// True when Redis was unreachable and the resource is configured to fail open.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub degraded: bool,
+    /// True when this repeated an `Idempotency-Key`: nothing was counted again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
 }
 
 const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
@@ -61,6 +65,7 @@ fn decision_body(resource: Resource, d: &Decision) -> CheckResponse {
         remaining: d.remaining(),
         reset_at: d.reset_at,
         degraded: false,
+        replayed: d.replayed,
     }
 }
 
@@ -104,6 +109,7 @@ fn quota_failure(state: &AppState, resource: Resource, err: QuotaError) -> Resul
                 remaining: 0,
                 reset_at: None,
                 degraded: true,
+                replayed: false,
             };
             let mut res = response::ok(body);
             res.headers_mut().insert("x-quota-degraded", HeaderValue::from_static("true"));
@@ -113,13 +119,16 @@ fn quota_failure(state: &AppState, resource: Resource, err: QuotaError) -> Resul
     }
 }
 
-async fn check(state: &AppState, tenant: TenantId, body: CheckRequest) -> Result<Response> {
+async fn check(state: &AppState, tenant: TenantId, body: CheckRequest, key: Option<&str>) -> Result<Response> {
     let resource = parse_resource(&body.resource)?;
     let amount = body.amount.unwrap_or(1);
     if !(1..=MAX_AMOUNT).contains(&amount) {
         return Err(ApiError::field("amount", "must be a whole number from 1 to 10^15"));
     }
-    let result = if body.consume {
+    let result = if body.consume && key.is_some() {
+        // Counted exactly once per key: the exact path, never leased budget.
+        state.quota.check_keyed(&state.db, tenant, resource, amount, Mode::Consume, key).await
+    } else if body.consume {
         state.quota.consume(&state.db, tenant, resource, amount).await
     } else {
         state.quota.check(&state.db, tenant, resource, amount, Mode::Check).await
@@ -131,7 +140,9 @@ async fn check(state: &AppState, tenant: TenantId, body: CheckRequest) -> Result
 }
 
 #[utoipa::path(post, path = "/internal/tenants/{id}/quota-check", tag = "internal", security(("serviceToken" = [])),
-    params(("id" = Uuid, Path, description = "Tenant id")), request_body = CheckRequest,
+    params(("id" = Uuid, Path, description = "Tenant id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "A consume with a key already used (24 h) counts nothing and answers `replayed: true`")),
+    request_body = CheckRequest,
     responses((status = 200, description = "Allowed (and counted, with consume)", body = inline(Envelope<CheckResponse>)),
               (status = 400, description = "Bad resource or amount", body = super::error::ErrorBody),
               (status = 403, description = "`QUOTA_EXCEEDED` (figures in details) or `TENANT_NOT_ACTIVE`", body = super::error::ErrorBody),
@@ -140,10 +151,11 @@ async fn check(state: &AppState, tenant: TenantId, body: CheckRequest) -> Result
 pub async fn internal_check(
     State(state): State<AppState>,
     _caller: ServiceCaller,
+    key: IdempotencyKey,
     Path(id): Path<TenantId>,
     Json(body): Json<CheckRequest>,
 ) -> Result<Response> {
-    check(&state, id, body).await
+    check(&state, id, body, key.0.as_deref()).await
 }
 
 #[utoipa::path(post, path = "/api/v1/tenants/{id}/quotas/check", tag = "quotas", security(("bearer" = [])),
@@ -158,7 +170,7 @@ pub async fn public_check(
     Json(body): Json<CheckRequest>,
 ) -> Result<Response> {
     user.authorize(&state, id, Access::Read, &request_id).await?;
-    check(&state, id, body).await
+    check(&state, id, body, None).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -170,7 +182,9 @@ pub struct UsageRequest {
 }
 
 #[utoipa::path(post, path = "/internal/tenants/{id}/usage", tag = "internal", security(("serviceToken" = [])),
-    params(("id" = Uuid, Path, description = "Tenant id")), request_body = UsageRequest,
+    params(("id" = Uuid, Path, description = "Tenant id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Usage sent again with the same key (24 h) is not counted twice")),
+    request_body = UsageRequest,
     responses((status = 200, description = "Recorded; the new figures", body = inline(Envelope<CheckResponse>)),
               (status = 400, description = "Bad resource or amount", body = super::error::ErrorBody),
               (status = 403, description = "`TENANT_NOT_ACTIVE`", body = super::error::ErrorBody),
@@ -178,6 +192,7 @@ pub struct UsageRequest {
 pub async fn record_usage(
     State(state): State<AppState>,
     _caller: ServiceCaller,
+    key: IdempotencyKey,
     Path(id): Path<TenantId>,
     Json(body): Json<UsageRequest>,
 ) -> Result<Response> {
@@ -188,12 +203,17 @@ pub async fn record_usage(
     if body.amount < 0 && !resource.is_gauge() {
         return Err(ApiError::field("amount", "may be negative only for users, storage and databases"));
     }
-    match state.quota.check(&state.db, id, resource, body.amount, Mode::Record).await {
+    match state.quota.check_keyed(&state.db, id, resource, body.amount, Mode::Record, key.0.as_deref()).await {
         // Recorded usage may exceed the limit (it happened); the figures say so.
         Ok(Outcome::Decided(d)) => {
             let mut body = decision_body(resource, &d);
             body.allowed = d.used <= d.limit;
-            Ok(response::ok(body))
+            let replayed = body.replayed;
+            let mut res = response::ok(body);
+            if replayed {
+                res.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            }
+            Ok(res)
         }
         Ok(other) => check_response(resource, other, body.amount),
         Err(err) => Err(match err {

@@ -13,9 +13,11 @@
 --          computed here: minute, hour, day, and weeks starting on Monday)
 -- ARGV[8], ARGV[9]  mode "lease" only: the budget chunk wanted on top of the amount, and unused
 --          budget of an earlier lease in this window to give back first
+-- ARGV[10] optional idempotency key of a consume or record: a repeat within 24 h counts nothing
+--          and answers the first decision with the current figures
 --
 -- State hash "<base>state": status, l:<resource> (limit), p:<resource> (reset period).
--- Returns {code, limit, used, reset_at, status, crossed, granted}:
+-- Returns {code, limit, used, reset_at, status, crossed, granted, replayed}:
 --   code 1 allowed, 0 denied, -1 no state for the tenant, -2 tenant not active, -3 no limit.
 -- Unix seconds as ISO-8601 UTC (days to civil date: H. Hinnant's algorithm).
 local function iso(ts)
@@ -38,9 +40,9 @@ local base, res, amount, mode = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local now = tonumber(ARGV[5])
 local state = redis.call('HMGET', base .. 'state', 'status', 'l:' .. res, 'p:' .. res)
 local status, limit, period = state[1], state[2], state[3]
-if not status then return {-1, 0, 0, 0, '', '', 0} end
-if status ~= 'active' then return {-2, 0, 0, 0, status, '', 0} end
-if not limit then return {-3, 0, 0, 0, status, '', 0} end
+if not status then return {-1, 0, 0, 0, '', '', 0, 0} end
+if status ~= 'active' then return {-2, 0, 0, 0, status, '', 0, 0} end
+if not limit then return {-3, 0, 0, 0, status, '', 0, 0} end
 limit = tonumber(limit)
 
 local key, window, reset_at, ttl = base .. 'u:' .. res, 'gauge', 0, 0
@@ -61,6 +63,17 @@ if slot then
   window = tostring(start)
   key = key .. ':' .. window
   ttl = reset_at - now + __GRACE__
+end
+
+local idem = ARGV[10]
+if idem and idem ~= '' and mode ~= 'check' then
+  idem = base .. 'idem:' .. idem
+  local prior = redis.call('GET', idem)
+  if prior then
+    return {tonumber(prior), limit, tonumber(redis.call('GET', key) or '0'), reset_at, status, '', 0, 1}
+  end
+else
+  idem = nil
 end
 
 if mode == 'lease' then
@@ -125,4 +138,5 @@ if after ~= used and limit > 0 and (after * 100 >= 75 * limit or used * 100 >= 7
     end
   end
 end
-return {allowed, limit, after, reset_at, status, table.concat(crossed, ','), granted}
+if idem then redis.call('SET', idem, allowed, 'EX', 86400) end
+return {allowed, limit, after, reset_at, status, table.concat(crossed, ','), granted, 0}

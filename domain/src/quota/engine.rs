@@ -62,6 +62,8 @@ pub struct Decision {
     pub crossed: Vec<u8>,
     /// Budget leased to this process on top of the amount (mode `Lease`).
     pub granted: i64,
+    /// A repeat of an idempotency key: nothing was counted; `allowed` is the first decision.
+    pub replayed: bool,
 }
 
 impl Decision {
@@ -180,6 +182,19 @@ impl QuotaEngine {
         mode: Mode,
         now: DateTime<Utc>,
     ) -> Result<RawOutcome, QuotaError> {
+        self.evaluate_keyed(tenant, resource, amount, mode, now, None).await
+    }
+
+    /// [`Self::evaluate`] with an optional idempotency key (consume and record).
+    pub async fn evaluate_keyed(
+        &self,
+        tenant: TenantId,
+        resource: Resource,
+        amount: i64,
+        mode: Mode,
+        now: DateTime<Utc>,
+        idempotency_key: Option<&str>,
+    ) -> Result<RawOutcome, QuotaError> {
         let month = window(Period::Monthly, now).unwrap_or(super::Window { start: now, end: now });
         // One command built in place (a ScriptInvocation would copy every argument twice).
         let mut cmd = redis::cmd("EVALSHA");
@@ -192,8 +207,14 @@ impl QuotaEngine {
             .arg(now.timestamp())
             .arg(month.start.timestamp())
             .arg(month.end.timestamp());
-        if let Mode::Lease { chunk, give_back } = mode {
-            cmd.arg(chunk).arg(give_back);
+        match (mode, idempotency_key) {
+            (Mode::Lease { chunk, give_back }, key) => {
+                cmd.arg(chunk).arg(give_back).arg(key.unwrap_or(""));
+            }
+            (_, Some(key)) => {
+                cmd.arg(0).arg(0).arg(key);
+            }
+            (_, None) => {}
         }
         let mut conn = self.conn();
         let call = async {
@@ -206,9 +227,9 @@ impl QuotaEngine {
                 other => other,
             }
         };
-        let reply: (i64, i64, i64, i64, String, String, i64) =
+        let reply: (i64, i64, i64, i64, String, String, i64, i64) =
             tokio::time::timeout(self.timeout, call).await.map_err(|_| QuotaError::Timeout)??;
-        let (code, limit, used, reset_at, status, crossed, granted) = reply;
+        let (code, limit, used, reset_at, status, crossed, granted, replayed) = reply;
         Ok(match code {
             1 | 0 => RawOutcome::Decided(Decision {
                 allowed: code == 1,
@@ -217,6 +238,7 @@ impl QuotaEngine {
                 reset_at: (reset_at > 0).then(|| DateTime::from_timestamp(reset_at, 0)).flatten(),
                 crossed: crossed.split(',').filter_map(|t| t.parse().ok()).collect(),
                 granted,
+                replayed: replayed == 1,
             }),
             -1 => RawOutcome::NoState,
             -2 if status == "unknown" => RawOutcome::Final(Outcome::UnknownTenant),
@@ -235,14 +257,27 @@ impl QuotaEngine {
         amount: i64,
         mode: Mode,
     ) -> Result<Outcome, QuotaError> {
+        self.check_keyed(db, tenant, resource, amount, mode, None).await
+    }
+
+    /// [`Self::check`] with an optional idempotency key: a repeat within 24 h counts nothing.
+    pub async fn check_keyed(
+        &self,
+        db: &PgPool,
+        tenant: TenantId,
+        resource: Resource,
+        amount: i64,
+        mode: Mode,
+        key: Option<&str>,
+    ) -> Result<Outcome, QuotaError> {
         let now = Utc::now();
-        match self.evaluate(tenant, resource, amount, mode, now).await? {
+        match self.evaluate_keyed(tenant, resource, amount, mode, now, key).await? {
             RawOutcome::Decided(d) => return Ok(Outcome::Decided(d)),
             RawOutcome::Final(o) => return Ok(o),
             RawOutcome::NoState => {}
         }
         self.load_into_redis(db, tenant).await?;
-        match self.evaluate(tenant, resource, amount, mode, now).await? {
+        match self.evaluate_keyed(tenant, resource, amount, mode, now, key).await? {
             RawOutcome::Decided(d) => Ok(Outcome::Decided(d)),
             RawOutcome::Final(o) => Ok(o),
             // Deleted between the two calls: treat as unknown rather than loop.
@@ -273,6 +308,7 @@ impl QuotaEngine {
                     reset_at: served.reset_at,
                     crossed: Vec::new(),
                     granted: 0,
+                    replayed: false,
                 }));
             }
             Err(left) => left,
