@@ -151,7 +151,7 @@ async fn counters_reset_at_their_window_boundary_and_keys_expire() {
     let engine = &app.state.quota;
     engine.load_into_redis(&app.db, t.id).await.expect("state");
     let consume = |now: &'static str| async move {
-        match engine.evaluate(t.id, Resource::FileUploads, 4, Mode::Consume, at(now)).await.expect("redis") {
+        match engine.evaluate(t.id, Resource::FileUploads, 4, Mode::Consume, at(now), None).await.expect("redis") {
             RawOutcome::Decided(d) => d,
             other => panic!("{other:?}"),
         }

@@ -173,20 +173,9 @@ impl QuotaEngine {
         }
     }
 
-    /// One round trip: decide (and count) `amount` of `resource` at `now`.
+    /// One round trip: decide (and count) `amount` of `resource` at `now`. With an idempotency
+    /// key (consume and record), a repeat within 24 h counts nothing.
     pub async fn evaluate(
-        &self,
-        tenant: TenantId,
-        resource: Resource,
-        amount: i64,
-        mode: Mode,
-        now: DateTime<Utc>,
-    ) -> Result<RawOutcome, QuotaError> {
-        self.evaluate_keyed(tenant, resource, amount, mode, now, None).await
-    }
-
-    /// [`Self::evaluate`] with an optional idempotency key (consume and record).
-    pub async fn evaluate_keyed(
         &self,
         tenant: TenantId,
         resource: Resource,
@@ -271,13 +260,13 @@ impl QuotaEngine {
         key: Option<&str>,
     ) -> Result<Outcome, QuotaError> {
         let now = Utc::now();
-        match self.evaluate_keyed(tenant, resource, amount, mode, now, key).await? {
+        match self.evaluate(tenant, resource, amount, mode, now, key).await? {
             RawOutcome::Decided(d) => return Ok(Outcome::Decided(d)),
             RawOutcome::Final(o) => return Ok(o),
             RawOutcome::NoState => {}
         }
         self.load_into_redis(db, tenant).await?;
-        match self.evaluate_keyed(tenant, resource, amount, mode, now, key).await? {
+        match self.evaluate(tenant, resource, amount, mode, now, key).await? {
             RawOutcome::Decided(d) => Ok(Outcome::Decided(d)),
             RawOutcome::Final(o) => Ok(o),
             // Deleted between the two calls: treat as unknown rather than loop.
