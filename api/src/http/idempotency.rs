@@ -24,17 +24,17 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self> {
-        let Some(raw) = parts.headers.get("idempotency-key") else { return Ok(IdempotencyKey(None)) };
-        let key = raw
-            .to_str()
-            .ok()
-            .map(str::trim)
-            .filter(|k| !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic()));
-        match key {
-            Some(k) => Ok(IdempotencyKey(Some(k.to_owned()))),
-            None => Err(ApiError::field("Idempotency-Key", "1 to 255 visible ASCII characters")),
-        }
+        parts.headers.get("idempotency-key").map(parse_key).transpose().map(IdempotencyKey)
     }
+}
+
+fn parse_key(raw: &HeaderValue) -> Result<String> {
+    raw.to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::field("Idempotency-Key", "1 to 255 visible ASCII characters"))
 }
 
 /// A claimed key, to be completed with the response in the same transaction.
@@ -152,15 +152,24 @@ pub async fn complete<T: Serialize>(
 ) -> Result<()> {
     let Some(claim) = claim else { return Ok(()) };
     let body = serde_json::to_value(body).map_err(ApiError::internal)?;
+    store_answer(conn, &claim.scope, &claim.key, status, &body).await.map_err(ApiError::internal)
+}
+
+async fn store_answer(
+    db: impl sqlx::PgExecutor<'_>,
+    scope: &str,
+    key: &str,
+    status: StatusCode,
+    body: &Value,
+) -> sqlx::Result<()> {
     sqlx::query("update idempotency_keys set status_code = $3, response_body = $4 where scope = $1 and key = $2")
-        .bind(&claim.scope)
-        .bind(&claim.key)
+        .bind(scope)
+        .bind(key)
         .bind(i32::from(status.as_u16()))
         .bind(body)
-        .execute(conn)
+        .execute(db)
         .await
-        .map_err(ApiError::internal)?;
-    Ok(())
+        .map(|_| ())
 }
 
 /// Routes whose handlers claim the key inside their own transaction (see [`begin`]).
@@ -179,14 +188,13 @@ pub async fn middleware(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let method = request.method().as_str().to_owned();
+    // Most requests carry no key: nothing to do, and nothing allocated.
     let Some(key) = request.headers().get("idempotency-key").cloned() else { return next.run(request).await };
-    if !matches!(method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE") {
-        return next.run(request).await;
-    }
-    let route =
-        request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
-    if IN_TRANSACTION.contains(&(method.as_str(), route.as_str())) {
+    let method = request.method().as_str().to_owned();
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("", |p| p.as_str());
+    if !matches!(method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE")
+        || IN_TRANSACTION.contains(&(method.as_str(), route))
+    {
         return next.run(request).await;
     }
     match run_idempotently(&state, key, method, request, next).await {
@@ -201,13 +209,7 @@ async fn run_idempotently(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Result<Response, Response> {
-    let key = key
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic()))
-        .map(str::to_owned)
-        .ok_or_else(|| ApiError::field("Idempotency-Key", "1 to 255 visible ASCII characters").into_response())?;
+    let key = parse_key(&key).map_err(IntoResponse::into_response)?;
     // The caller: the token's subject (an invalid token is left to the handler's 401).
     let (parts, body) = request.into_parts();
     let scope = match super::auth::authenticate(&parts, state) {
@@ -234,20 +236,17 @@ async fn run_idempotently(
     let (res_parts, res_body) = response.into_parts();
     let res_bytes = axum::body::to_bytes(res_body, usize::MAX).await.unwrap_or_default();
     let stored: Option<Value> = serde_json::from_slice(&res_bytes).ok();
-    let outcome = if res_parts.status.is_server_error() || stored.is_none() {
-        sqlx::query("delete from idempotency_keys where scope = $1 and key = $2")
+    let outcome = match stored {
+        Some(body) if !res_parts.status.is_server_error() => {
+            store_answer(db, &scope, &key, res_parts.status, &body).await
+        }
+        // Not stored: the request may be tried again with the same key.
+        _ => sqlx::query("delete from idempotency_keys where scope = $1 and key = $2")
             .bind(&scope)
             .bind(&key)
             .execute(db)
             .await
-    } else {
-        sqlx::query("update idempotency_keys set status_code = $3, response_body = $4 where scope = $1 and key = $2")
-            .bind(&scope)
-            .bind(&key)
-            .bind(i32::from(res_parts.status.as_u16()))
-            .bind(stored)
-            .execute(db)
-            .await
+            .map(|_| ()),
     };
     if let Err(err) = outcome {
         tracing::error!(error = %err, "could not record an idempotent response");
