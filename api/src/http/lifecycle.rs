@@ -259,11 +259,7 @@ async fn accept(
         tracing::warn!(job = %job_id, error = %err, "job push failed after commit; left to the reconciler");
     }
     // The new status (provisioning, deleting) holds for quota checks at once.
-    state.quota.drop_leases(tenant_id);
-    if let Err(err) = state.quota.sync(&state.db, tenant_id).await {
-        tracing::warn!(tenant = %tenant_id, error = %err, "could not mirror the new status into Redis");
-    }
-    state.contexts.invalidate(tenant_id).await;
+    super::quotas::mirror_after_commit(state, tenant_id).await;
     let location = format!("/api/v1/jobs/{job_id}");
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], axum::Json(body)).into_response())
 }

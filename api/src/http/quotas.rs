@@ -125,11 +125,8 @@ async fn check(state: &AppState, tenant: TenantId, body: CheckRequest, key: Opti
     if !(1..=MAX_AMOUNT).contains(&amount) {
         return Err(ApiError::field("amount", "must be a whole number from 1 to 10^15"));
     }
-    let result = if body.consume && key.is_some() {
-        // Counted exactly once per key: the exact path, never leased budget.
-        state.quota.check_keyed(&state.db, tenant, resource, amount, Mode::Consume, key).await
-    } else if body.consume {
-        state.quota.consume(&state.db, tenant, resource, amount).await
+    let result = if body.consume {
+        state.quota.consume(&state.db, tenant, resource, amount, key).await
     } else {
         state.quota.check(&state.db, tenant, resource, amount, Mode::Check).await
     };
@@ -327,12 +324,20 @@ pub async fn set_limits(
 pub async fn commit_and_mirror(state: &AppState, tx: Transaction<'static, Postgres>, tenant: TenantId) -> Result<()> {
     state.quota.forget(tenant).await.map_err(|e| ApiError::unavailable("the quota store is unavailable", e))?;
     tx.commit().await.map_err(Error::from)?;
+    mirror_after_commit(state, tenant).await;
+    Ok(())
+}
+
+/// After a committed change to what the hot path or the context shows (status, limits): drop
+/// this process's leases, rewrite the tenant's quota state in Redis from the committed rows, and
+/// drop its cached context everywhere. Failures are logged: the next check reloads the state, and
+/// the change's outbox event invalidates the caches again.
+pub async fn mirror_after_commit(state: &AppState, tenant: TenantId) {
     state.quota.drop_leases(tenant);
     if let Err(err) = state.quota.sync(&state.db, tenant).await {
         tracing::warn!(%tenant, error = %err, "could not mirror the change into Redis; the next check reloads it");
     }
     state.contexts.invalidate(tenant).await;
-    Ok(())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -276,15 +276,17 @@ impl QuotaEngine {
 
     /// A consuming check: served from leased budget when the resource is leased and a lease is
     /// live, else one round trip (which may take a new lease).
+    /// With an idempotency key it always takes the exact path, so the key is honoured in Redis.
     pub async fn consume(
         &self,
         db: &PgPool,
         tenant: TenantId,
         resource: Resource,
         amount: i64,
+        key: Option<&str>,
     ) -> Result<Outcome, QuotaError> {
-        if !self.lease_resources.contains(&resource) {
-            return self.check(db, tenant, resource, amount, Mode::Consume).await;
+        if key.is_some() || !self.lease_resources.contains(&resource) {
+            return self.check_keyed(db, tenant, resource, amount, Mode::Consume, key).await;
         }
         let now = Utc::now();
         let give_back = match self.leases.take(tenant, resource, amount, now.timestamp()) {
