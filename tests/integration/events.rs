@@ -163,12 +163,11 @@ async fn events_reach_the_audit_service_with_retries_and_backoff() {
         "backoff 200 ms, 400 ms: {gaps:?}"
     );
 
-    let (status, attempts): (String, i32) =
-        sqlx::query_as("select status::text, attempts from jobs where kind = 'deliver_event'")
-            .fetch_one(&app.db)
-            .await
-            .expect("job");
-    assert_eq!((status.as_str(), attempts), ("succeeded", 3));
+    // The worker records the job's end just after the third call's answer: wait for it.
+    let job: uuid::Uuid =
+        sqlx::query_scalar("select id from jobs where kind = 'deliver_event'").fetch_one(&app.db).await.expect("job");
+    let job = app.wait_job(&job.to_string(), Duration::from_secs(10)).await;
+    assert_eq!((job["status"].clone(), job["attempts"].clone()), (json!("succeeded"), json!(3)));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(peer.received().len(), 3, "no more calls after success");
 }
