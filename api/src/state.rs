@@ -6,7 +6,7 @@ use crate::http::metrics::Metrics;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use std::sync::Arc;
-use tenant_domain::kv::{self, Keys};
+use tenant_domain::kv;
 use tenant_domain::quota::engine::QuotaEngine;
 use tenant_domain::tenant_config::secrets::ConfigCipher;
 use tenant_domain::{Config, db};
@@ -28,7 +28,6 @@ pub struct AppInner {
     pub config: Arc<Config>,
     pub db: PgPool,
     pub redis: ConnectionManager,
-    pub keys: Keys,
     pub metrics: Arc<Metrics>,
     pub tokens: Arc<TokenVerifier>,
     pub queue: Queue,
@@ -52,7 +51,6 @@ impl AppState {
             cipher,
             quota,
             queue,
-            keys: Keys::new(config.redis_key_prefix.clone()),
             config: Arc::new(config),
             db,
             redis,

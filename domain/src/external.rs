@@ -11,9 +11,3 @@ pub enum ExternalError {
     #[error("{0}")]
     Permanent(String),
 }
-
-impl ExternalError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, ExternalError::Transient(_))
-    }
-}

@@ -18,9 +18,6 @@ macro_rules! typed_id {
             pub fn new_v7() -> Self {
                 Self(Uuid::now_v7())
             }
-            pub fn as_uuid(&self) -> Uuid {
-                self.0
-            }
         }
 
         impl fmt::Display for $name {

@@ -28,10 +28,6 @@ impl Keys {
         Self { prefix: prefix.into() }
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     pub fn key(&self, suffix: &str) -> String {
         format!("{}{suffix}", self.prefix)
     }
