@@ -4,50 +4,15 @@
 
 use crate::processes::{self, spawn};
 use crate::quota::{DONE, Load, run_wrk, tempfile_path, wrk_get};
-use serde_json::json;
-use tenant_domain::tenants::NewTenant;
-use tenant_domain::{TenantId, TenantStatus, plans, quota, tenant_config, tenants};
-use tenant_tests::{SERVICE_TOKEN, fresh_database, test_env};
-use uuid::Uuid;
+use tenant_tests::SERVICE_TOKEN;
 
 const TENANTS: usize = 100;
 
 pub async fn run(seconds: u64) -> anyhow::Result<()> {
     println!("context read: {TENANTS} tenants, 64 connections, {seconds} s per run, wrk -t2");
-    let database_url = fresh_database().await?;
-    let mut env = test_env(&database_url);
-    let port = processes::free_port()?;
-    for (k, v) in [
-        ("SERVICE_HOST", "127.0.0.1".to_string()),
-        ("SERVICE_PORT", port.to_string()),
-        ("RUST_LOG", "error".to_string()),
-    ] {
-        env.insert(k.into(), v);
-    }
+    let (database_url, env, port) = processes::api_env().await?;
     let db = sqlx::PgPool::connect(&database_url).await?;
-    let plan = plans::find(&db, "pro").await?;
-    let mut ids = Vec::with_capacity(TENANTS);
-    for i in 0..TENANTS {
-        let tenant = tenants::insert(
-            &db,
-            &NewTenant {
-                id: TenantId::new_v7(),
-                name: format!("Context {i}"),
-                slug: format!("ctx-{i:03}"),
-                domain: Some(format!("ctx-{i:03}.example.com")),
-                status: TenantStatus::Active,
-                plan_id: plan.id,
-                owner_id: Uuid::new_v4(),
-                owner_email: None,
-                settings: json!({}),
-                features: json!({ "ssoIntegration": true }),
-            },
-        )
-        .await?;
-        quota::store::insert_from_plan(&db, tenant.id, &plan).await?;
-        tenant_config::insert_defaults(&db, tenant.id).await?;
-        ids.push(tenant.id);
-    }
+    let ids = processes::seed_tenants(&db, "pro", TENANTS, "ctx", true).await?;
     let _api = spawn("tenant-api", &["serve"], &env)?;
     let base = format!("http://127.0.0.1:{port}");
     processes::wait_ready(&format!("{base}/health")).await?;
@@ -65,13 +30,9 @@ end
     ))?;
     let context = run_wrk(&base, &script, seconds).await?;
     let livez = wrk_get(&format!("{base}/livez"), seconds).await?;
-    let metrics = reqwest::get(format!("{base}/metrics")).await?.text().await?;
-    let hit_rate = metrics
-        .lines()
-        .find(|l| l.starts_with("tenant_config_cache_hit_rate "))
-        .and_then(|l| l.rsplit(' ').next())
-        .unwrap_or("?")
-        .to_owned();
+    let hit_rate = processes::metric(&base, "tenant_config_cache_hit_rate")
+        .await?
+        .map_or_else(|| "?".to_owned(), |r| format!("{r:.4}"));
 
     println!();
     println!("{:<44} {:>12} {:>10} {:>10} {:>10}", "", "requests/s", "p50", "p99", "p99.9");

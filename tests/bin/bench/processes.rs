@@ -42,3 +42,67 @@ pub async fn wait_ready(url: &str) -> anyhow::Result<()> {
     }
     anyhow::bail!("{url} did not become ready")
 }
+
+/// A fresh database, and the environment of an API process for it on a free local port.
+pub async fn api_env() -> anyhow::Result<(String, HashMap<String, String>, u16)> {
+    let database_url = tenant_tests::fresh_database().await?;
+    let mut env = tenant_tests::test_env(&database_url);
+    let port = free_port()?;
+    for (k, v) in [
+        ("SERVICE_HOST", "127.0.0.1".to_string()),
+        ("SERVICE_PORT", port.to_string()),
+        ("RUST_LOG", "error".to_string()),
+    ] {
+        env.insert(k.into(), v);
+    }
+    Ok((database_url, env, port))
+}
+
+/// `n` active tenants on `plan` with its quotas (and, with `with_config`, the default
+/// configuration rows), inserted directly.
+pub async fn seed_tenants(
+    db: &sqlx::PgPool,
+    plan: &str,
+    n: usize,
+    label: &str,
+    with_config: bool,
+) -> anyhow::Result<Vec<tenant_domain::TenantId>> {
+    use tenant_domain::{TenantId, TenantStatus, plans, quota, tenant_config, tenants};
+    let plan = plans::find(db, plan).await?;
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let slug = format!("{label}-{i:03}");
+        let tenant = tenants::insert(
+            db,
+            &tenants::NewTenant {
+                id: TenantId::new_v7(),
+                name: format!("{label} {i}"),
+                domain: Some(format!("{slug}.example.com")),
+                slug,
+                status: TenantStatus::Active,
+                plan_id: plan.id,
+                owner_id: uuid::Uuid::new_v4(),
+                owner_email: None,
+                settings: serde_json::json!({}),
+                features: serde_json::json!({}),
+            },
+        )
+        .await?;
+        quota::store::insert_from_plan(db, tenant.id, &plan).await?;
+        if with_config {
+            tenant_config::insert_defaults(db, tenant.id).await?;
+        }
+        ids.push(tenant.id);
+    }
+    Ok(ids)
+}
+
+/// The value of the sample `name` (no labels) in `{base}/metrics`.
+pub async fn metric(base: &str, name: &str) -> anyhow::Result<Option<f64>> {
+    let text = reqwest::get(format!("{base}/metrics")).await?.text().await?;
+    Ok(text
+        .lines()
+        .find(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ')))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok()))
+}

@@ -27,18 +27,9 @@ pub async fn run() -> anyhow::Result<()> {
     );
 
     // ---- the service, as deployed: API process + worker processes
-    let database_url = fresh_database().await?;
-    let mut env = test_env(&database_url);
-    let port = processes::free_port()?;
-    for (k, v) in [
-        ("SERVICE_HOST", "127.0.0.1".to_string()),
-        ("SERVICE_PORT", port.to_string()),
-        ("WORKER_CONCURRENCY", concurrency.to_string()),
-        ("TENANT_DB_POOL_SIZE", "20".to_string()),
-        ("RUST_LOG", "error".to_string()),
-    ] {
-        env.insert(k.into(), v);
-    }
+    let (database_url, mut env, port) = processes::api_env().await?;
+    env.insert("WORKER_CONCURRENCY".into(), concurrency.to_string());
+    env.insert("TENANT_DB_POOL_SIZE".into(), "20".into());
     // Production timings, not the tests' short ones.
     for k in [
         "JOB_LEASE_SECS",

@@ -5,11 +5,9 @@
 
 use crate::processes::{self, spawn};
 use serde_json::json;
-use tenant_domain::tenants::NewTenant;
-use tenant_domain::{Config, TenantId, TenantStatus, plans, quota, tenants};
-use tenant_tests::{SERVICE_TOKEN, fresh_database, test_env};
+use tenant_domain::{Config, TenantId, quota};
+use tenant_tests::SERVICE_TOKEN;
 use tokio::process::Command;
-use uuid::Uuid;
 
 const TENANTS: usize = 100;
 const CONNECTIONS: usize = 64;
@@ -26,16 +24,7 @@ pub struct Load {
 
 pub async fn run(seconds: u64) -> anyhow::Result<()> {
     println!("quota check: {TENANTS} tenants, {CONNECTIONS} connections, {seconds} s per run, wrk -t2");
-    let database_url = fresh_database().await?;
-    let mut env = test_env(&database_url);
-    let port = processes::free_port()?;
-    for (k, v) in [
-        ("SERVICE_HOST", "127.0.0.1".to_string()),
-        ("SERVICE_PORT", port.to_string()),
-        ("RUST_LOG", "error".to_string()),
-    ] {
-        env.insert(k.into(), v);
-    }
+    let (database_url, mut env, port) = processes::api_env().await?;
     // Settings of the API under test may be varied from the bench's own environment.
     for k in ["REDIS_CONNECTION_POOL_SIZE", "QUOTA_LEASE_CHUNK"] {
         if let Ok(v) = std::env::var(k) {
@@ -45,35 +34,11 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     }
     let config = Config::from_lookup(|k| env.get(k).cloned())?;
     let db = sqlx::PgPool::connect(&database_url).await?;
-    let plan = plans::find(&db, "enterprise").await?;
-    let mut ids = Vec::with_capacity(TENANTS);
-    for i in 0..TENANTS {
-        let tenant = tenants::insert(
-            &db,
-            &NewTenant {
-                id: TenantId::new_v7(),
-                name: format!("Load {i}"),
-                slug: format!("load-{i:03}"),
-                domain: None,
-                status: TenantStatus::Active,
-                plan_id: plan.id,
-                owner_id: Uuid::new_v4(),
-                owner_email: None,
-                settings: json!({}),
-                features: json!({}),
-            },
-        )
-        .await?;
-        quota::store::insert_from_plan(&db, tenant.id, &plan).await?;
-        // Far from the limit: every check is allowed and counted.
-        sqlx::query(
-            "update tenant_quotas set limit_value = 1000000000000 where tenant_id = $1 and resource_type = 'api_calls'",
-        )
-        .bind(tenant.id)
+    let ids = processes::seed_tenants(&db, "enterprise", TENANTS, "load", false).await?;
+    // Far from the limit: every check is allowed and counted.
+    sqlx::query("update tenant_quotas set limit_value = 1000000000000 where resource_type = 'api_calls'")
         .execute(&db)
         .await?;
-        ids.push(tenant.id);
-    }
     let _api = spawn("tenant-api", &["serve"], &env)?;
     let _api = KillOnDrop(_api);
     let base = format!("http://127.0.0.1:{port}");
@@ -106,14 +71,9 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     let leased_base = format!("http://127.0.0.1:{leased_port}");
     processes::wait_ready(&format!("{leased_base}/health")).await?;
     let leased = wrk(&leased_base, &script, seconds).await?;
-    let metrics = reqwest::get(format!("{leased_base}/metrics")).await?.text().await?;
-    let leased_share = metrics
-        .lines()
-        .find(|l| l.starts_with("tenant_quota_leased_checks_total "))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|n| n / (leased.rps * seconds as f64))
-        .unwrap_or(0.0);
+    let leased_share = processes::metric(&leased_base, "tenant_quota_leased_checks_total")
+        .await?
+        .map_or(0.0, |n| n / (leased.rps * seconds as f64));
 
     println!();
     println!("{:<44} {:>12} {:>10} {:>10} {:>10}", "", "requests/s", "p50", "p99", "p99.9");
