@@ -71,6 +71,20 @@ async fn bad_input_is_400() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}: {body}");
         assert_error(&body, "VALIDATION_FAILED");
     }
+    // a document of the wrong shape names the offending field, nested paths included
+    let (_, body) = app.call(Method::PUT, &path, Some(&token), Some(json!({ "name": 42 }))).await;
+    assert_eq!(body["error"]["details"]["field"], json!("name"), "{body}");
+    assert!(!body["error"]["message"].as_str().unwrap_or_default().contains("target type"), "{body}");
+    let (_, body) = app
+        .call(
+            Method::POST,
+            "/api/v1/tenants",
+            Some(&token),
+            Some(json!({ "name": "N", "slug": "n-n", "planId": "free", "ownerId": "not-a-uuid" })),
+        )
+        .await;
+    assert_eq!(body["error"]["details"]["field"], json!("ownerId"), "{body}");
+
     // nothing was written by the refused requests
     let (_, body) = app.get(&path, &token).await;
     assert_eq!(body["data"]["name"], json!("Acme"));

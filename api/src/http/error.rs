@@ -134,9 +134,26 @@ impl From<JsonRejection> for ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
                 Self::validation("expected a JSON body with `Content-Type: application/json`")
             }
-            _ => Self::validation(format!("invalid JSON body: {}", rejection.body_text())),
+            _ => match json_error_path(&rejection) {
+                // A well-formed document of the wrong shape: name the field, without serde's preamble.
+                Some((path, err)) if path != "." => Self::field(&path, err.to_string()),
+                Some((_, err)) => Self::validation(format!("invalid JSON body: {err}")),
+                None => Self::validation(format!("invalid JSON body: {}", rejection.body_text())),
+            },
         }
     }
+}
+
+/// The JSON path (`settings.theme`, `items[2]`) and the bare serde error behind a JSON rejection.
+fn json_error_path(rejection: &JsonRejection) -> Option<(String, &serde_json::Error)> {
+    let mut source = std::error::Error::source(rejection);
+    while let Some(err) = source {
+        if let Some(err) = err.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>() {
+            return Some((err.path().to_string(), err.inner()));
+        }
+        source = err.source();
+    }
+    None
 }
 
 impl From<PathRejection> for ApiError {
