@@ -3,7 +3,7 @@
 //! same run with the same settings, the same server's static `GET /livez`.
 
 use crate::processes::{self, spawn};
-use crate::quota::{DONE, Load, run_wrk, tempfile_path, wrk_get};
+use crate::quota::{Load, cycling_script, run_wrk, wrk_get};
 use tenant_tests::SERVICE_TOKEN;
 
 const TENANTS: usize = 100;
@@ -17,17 +17,8 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     let base = format!("http://127.0.0.1:{port}");
     processes::wait_ready(&format!("{base}/health")).await?;
 
-    let list = ids.iter().map(|id| format!("\"{id}\"")).collect::<Vec<_>>().join(",");
-    let script = tempfile_path::write(&format!(
-        r#"local ids = {{{list}}}
-local i = 0
-wrk.headers["X-Service-Token"] = "{SERVICE_TOKEN}"
-request = function()
-  i = i + 1
-  return wrk.format("GET", "/internal/tenants/" .. ids[(i % #ids) + 1] .. "/context")
-end
-{DONE}"#
-    ))?;
+    let paths: Vec<String> = ids.iter().map(|id| format!("/internal/tenants/{id}/context")).collect();
+    let script = cycling_script("GET", &[("X-Service-Token", SERVICE_TOKEN)], None, &paths)?;
     let context = run_wrk(&base, &script, seconds).await?;
     let livez = wrk_get(&format!("{base}/livez"), seconds).await?;
     let hit_rate = processes::metric(&base, "tenant_config_cache_hit_rate")
