@@ -40,6 +40,8 @@ pub struct HealthMetrics {
     pub active_tenants: Option<i64>,
     /// Job deliveries waiting in Redis (ready and scheduled).
     pub queue_depth: Option<u64>,
+    /// Share of context lookups this process answered from its caches (memory or Redis).
+    pub cache_hit_rate: f64,
 }
 
 #[utoipa::path(get, path = "/health", tag = "operations",
@@ -64,7 +66,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         service: state.config.service_name.clone(),
         version: env!("CARGO_PKG_VERSION"),
         dependencies: Dependencies { database, redis: redis_ok, stripe: "not_configured", queue: redis_ok },
-        metrics: HealthMetrics { active_tenants: active, queue_depth },
+        metrics: HealthMetrics { active_tenants: active, queue_depth, cache_hit_rate: state.contexts.hit_rate() },
     };
     if database && redis_ok {
         response::ok(report)
