@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod cli;
 pub mod http;
+pub mod job_watch;
 pub mod state;
 
 pub use state::AppState;
@@ -25,6 +26,12 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let listener_task =
         tokio::spawn(cache::listen(state.contexts.clone(), state.quota.clone(), state.config.clone(), stop_rx));
+    // Streams end when shutdown begins; axum's graceful shutdown waits for open responses.
+    let stopping = state.stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.send_replace(true);
+    };
     let app = http::router(state);
     // Without TCP_NODELAY a response written in two segments waits for the client's delayed ACK
     // (tens of milliseconds): it showed as the tail of the larger context answers.

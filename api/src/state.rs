@@ -3,6 +3,7 @@
 use crate::cache::ContextCache;
 use crate::http::auth::TokenVerifier;
 use crate::http::metrics::Metrics;
+use crate::job_watch::JobWatch;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -34,6 +35,10 @@ pub struct AppInner {
     pub quota: Arc<QuotaEngine>,
     pub contexts: Arc<ContextCache>,
     pub cipher: ConfigCipher,
+    pub job_watch: JobWatch,
+    /// Turns true when the server begins its graceful shutdown, so long-lived responses (job
+    /// event streams) end and let it finish.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -47,6 +52,8 @@ impl AppState {
         let contexts = Arc::new(ContextCache::new(&config, redis.clone()));
         let cipher = ConfigCipher::new(config.config_keys.clone());
         Ok(Self(Arc::new(AppInner {
+            job_watch: JobWatch::new(db.clone()),
+            stopping: tokio::sync::watch::Sender::new(false),
             contexts,
             cipher,
             quota,

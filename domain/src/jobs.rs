@@ -26,6 +26,13 @@ pub enum JobStatus {
     Compensated,
 }
 
+impl JobStatus {
+    /// Succeeded, failed or compensated: nothing will change the job any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Compensated)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StepStatus {

@@ -497,3 +497,135 @@ async fn the_worker_reports_its_jobs_in_prometheus_text() {
     let res = app.client.get(format!("{url}/health")).send().await.expect("sent");
     assert_eq!(res.status(), StatusCode::OK);
 }
+
+/// One server-sent event: its `event`, `id` and `data` (parsed as JSON).
+#[derive(Debug)]
+struct Sse {
+    event: String,
+    id: String,
+    data: Value,
+}
+
+/// Reads events from a `text/event-stream` response; `None` when the server ended the stream.
+struct SseReader {
+    res: reqwest::Response,
+    buf: String,
+}
+
+impl SseReader {
+    async fn next(&mut self) -> Option<Sse> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut event, mut id, mut data) = (String::new(), String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return Some(Sse { event, id, data: serde_json::from_str(&data).expect("event data is JSON") });
+            }
+            let chunk = tokio::time::timeout(DEADLINE, self.res.chunk()).await.expect("stream went quiet");
+            self.buf.push_str(std::str::from_utf8(&chunk.expect("chunk")?).expect("utf-8"));
+        }
+    }
+}
+
+async fn open_events(app: &TestApp, job: &str, token: &str) -> SseReader {
+    let res =
+        app.client.get(app.url(&format!("/api/v1/jobs/{job}/events"))).bearer_auth(token).send().await.expect("sent");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    SseReader { res, buf: String::new() }
+}
+
+fn step_states(job: &Value) -> Vec<String> {
+    job["steps"].as_array().expect("steps").iter().map(|s| s["status"].as_str().unwrap_or("").to_owned()).collect()
+}
+
+#[tokio::test]
+async fn job_progress_streams_as_server_sent_events_until_the_job_finishes() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token();
+    let (_tenant, job) = create(&app, "streamed", "basic").await;
+
+    // No worker yet: the stream opens on the queued job.
+    let mut events = open_events(&app, &job, &token).await;
+    let first = events.next().await.expect("first event");
+    assert_eq!((first.event.as_str(), first.data["status"].as_str()), ("progress", Some("queued")), "{first:?}");
+    assert_eq!(first.data["id"], json!(job));
+    assert!(step_states(&first.data).iter().all(|s| s == "pending"));
+
+    // A worker runs it: changes arrive as they are committed (by notification, well before the
+    // stream's 15 s fallback re-read), in order, and the last one says `finished`.
+    let started = std::time::Instant::now();
+    let _worker = app.spawn_worker();
+    let mut seen = vec![first];
+    while seen.last().is_some_and(|e| e.event == "progress") {
+        seen.push(events.next().await.expect("the stream ends only after `finished`"));
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "finished arrived after {:?}", started.elapsed());
+    let last = seen.last().expect("events");
+    assert_eq!(last.event, "finished");
+    assert_eq!(last.data["status"], json!("succeeded"));
+    assert!(step_states(&last.data).iter().all(|s| s == "succeeded"), "{:?}", last.data);
+    assert!(events.next().await.is_none(), "the stream ends after `finished`");
+    // each event differs from the one before; ids (update times) never go back; steps only advance
+    let rank = |s: &str| ["pending", "running", "succeeded"].iter().position(|r| *r == s).expect("a forward state");
+    for pair in seen.windows(2) {
+        assert_ne!(pair[0].data, pair[1].data);
+        assert!(pair[0].id.parse::<i64>().expect("id") <= pair[1].id.parse::<i64>().expect("id"));
+        for (a, b) in step_states(&pair[0].data).iter().zip(step_states(&pair[1].data).iter()) {
+            assert!(rank(a) <= rank(b), "a step went from {a} to {b}");
+        }
+    }
+    // the last event is what polling answers
+    let (_, polled) = app.get(&format!("/api/v1/jobs/{job}"), &token).await;
+    assert_eq!(last.data, polled["data"]);
+
+    // A finished job streams its final state once and ends.
+    let mut again = open_events(&app, &job, &token).await;
+    let only = again.next().await.expect("one event");
+    assert_eq!((only.event.as_str(), &only.data), ("finished", &polled["data"]));
+    assert!(again.next().await.is_none());
+
+    // Guarded like polling: another tenant's admin is refused, an unknown job is 404, in the envelope.
+    let other = app.token(&["tenant_admin"], Some(Uuid::new_v4().into()));
+    let (status, body) = app.call(Method::GET, &format!("/api/v1/jobs/{job}/events"), Some(&other), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) =
+        app.call(Method::GET, &format!("/api/v1/jobs/{}/events", Uuid::new_v4()), Some(&token), None).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("JOB_NOT_FOUND")));
+}
+
+#[tokio::test]
+async fn an_open_job_stream_ends_when_the_api_shuts_down() {
+    let mut app = TestApp::spawn().await;
+    let token = app.admin_token();
+    let (_tenant, job) = create(&app, "stream-stop", "free").await;
+    // No worker: the job stays queued and the stream would stay open.
+    let mut events = open_events(&app, &job, &token).await;
+    assert_eq!(events.next().await.expect("first event").data["status"], json!("queued"));
+    let asked = std::time::Instant::now();
+    app.begin_shutdown();
+    let end = tokio::time::timeout(Duration::from_secs(10), events.next()).await;
+    assert!(matches!(end, Ok(None)), "the stream must end so the server can stop: {end:?}");
+    assert!(asked.elapsed() < Duration::from_secs(5), "ended after {:?}", asked.elapsed());
+    // and the server did stop: new connections are refused
+    let mut refused = false;
+    for _ in 0..50 {
+        if app.client.get(app.url("/livez")).send().await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the server still answers after its shutdown");
+}

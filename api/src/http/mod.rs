@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tenants/{id}/features", get(features::get).patch(features::patch))
         .route("/api/v1/tenants/{id}/audit", get(audit::list))
         .route("/api/v1/jobs/{id}", get(jobs::get))
+        .route("/api/v1/jobs/{id}/events", get(jobs::events))
         .route("/api/v1/tenants/{id}/status", patch(tenants::set_status))
         .route("/api/v1/plans", get(plans::list))
         .route_layer(middleware::from_fn_with_state(state.clone(), idempotency::middleware))

@@ -21,6 +21,7 @@ use utoipa_swagger_ui::SwaggerUi;
         super::lifecycle::delete,
         super::lifecycle::restore,
         super::jobs::get,
+        super::jobs::events,
         super::jobs::list_for_tenant,
         super::plans::list,
         super::internal::validate,
