@@ -369,7 +369,7 @@ async fn lifecycle_requests_are_validated_and_guarded() {
 }
 
 /// Deletes `tenant` and waits; returns the backup id.
-async fn delete_and_wait(app: &TestApp, tenant: &str) -> String {
+pub async fn delete_and_wait(app: &TestApp, tenant: &str) -> String {
     let (status, body) =
         app.call(Method::DELETE, &format!("/api/v1/tenants/{tenant}"), Some(&app.admin_token()), None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");

@@ -4,6 +4,7 @@ mod auth;
 mod envelope;
 mod events;
 mod lifecycle;
+mod monitoring;
 mod operations;
 mod quotas;
 mod recovery;

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub config_cache_hit_rate: Gauge,
     pub config_cache_lookups: IntGaugeVec,
     pub db_connections: IntGauge,
+    /// When this process started (for uptime).
+    pub started: Instant,
 }
 
 impl Metrics {
@@ -86,6 +88,7 @@ impl Metrics {
                 "Times a tenant's quota state had to be read from PostgreSQL into Redis",
             )?,
             db_connections: IntGauge::new("tenant_database_connections_active", "PostgreSQL connections in use")?,
+            started: Instant::now(),
             registry,
         };
         m.registry.register(Box::new(m.http_requests.clone()))?;

@@ -11,6 +11,7 @@ pub mod internal;
 pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
+pub mod monitoring;
 pub mod openapi;
 pub mod plans;
 pub mod quotas;
@@ -53,6 +54,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/events", get(jobs::events))
         .route("/api/v1/tenants/{id}/status", patch(tenants::set_status))
         .route("/api/v1/plans", get(plans::list))
+        .route("/api/v1/metrics", get(monitoring::service))
+        .route("/api/v1/tenants/{id}/metrics", get(monitoring::tenant))
         .route_layer(middleware::from_fn_with_state(state.clone(), idempotency::middleware))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::rate_limit));
 
@@ -63,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         .route("/internal/tenants/{id}/quotas", get(quotas::internal_list))
         .route("/internal/tenants/{id}/context", get(internal::context))
         .route("/internal/tenants/{id}/features", get(features::internal))
+        .route("/internal/tenants/metrics", get(monitoring::all_tenants))
+        .route("/internal/tenants/{id}/health", get(monitoring::tenant_health))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_service_token));
 
     let mut operations = Router::new()

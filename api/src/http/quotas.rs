@@ -232,7 +232,7 @@ pub struct QuotaView {
     pub reset_at: Option<DateTime<Utc>>,
 }
 
-async fn quota_views(state: &AppState, tenant: TenantId) -> Result<Vec<QuotaView>> {
+pub(super) async fn quota_views(state: &AppState, tenant: TenantId) -> Result<Vec<QuotaView>> {
     let rows = store::limits(&state.db, tenant).await?;
     if rows.is_empty() {
         // Either no such tenant or one not provisioned yet.

@@ -412,6 +412,10 @@ impl QuotaEngine {
         tenant: TenantId,
         which: &[(String, Period, DateTime<Utc>)],
     ) -> Result<Vec<i64>, QuotaError> {
+        if which.is_empty() {
+            // Redis refuses an empty pipeline; a tenant without quota rows has no usage.
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for (resource, period, at) in which {
             pipe.cmd("GET").arg(self.counter_key(tenant, resource, *period, *at));
@@ -425,6 +429,15 @@ impl QuotaEngine {
 
     pub fn window_grace(&self) -> Duration {
         self.grace
+    }
+
+    /// The tenant status the hot path currently decides with (`None`: Redis holds no state for
+    /// the tenant; the next check loads it).
+    pub async fn mirrored_status(&self, tenant: TenantId) -> Result<Option<String>, QuotaError> {
+        let mut conn = self.conn();
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(self.state_key(tenant)).arg("status");
+        Ok(tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await.map_err(|_| QuotaError::Timeout)??)
     }
 
     pub async fn has_state(&self, tenant: TenantId) -> Result<bool, QuotaError> {
