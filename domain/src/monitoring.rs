@@ -157,6 +157,21 @@ pub async fn usage_page(
     Ok((rows, total))
 }
 
+/// Tenant resources at or above `min_percent` of their limit as of the last rollup, highest first,
+/// at most `cap` of them (so a metric labelled by tenant stays bounded).
+pub async fn high_usage(db: &PgPool, min_percent: f64, cap: i64) -> Result<Vec<(TenantId, String, f64)>> {
+    Ok(sqlx::query_as(&format!(
+        "select q.tenant_id, q.resource_type, {USAGE_PERCENT} as percent \
+         from tenant_quotas q join tenants t on t.id = q.tenant_id \
+         where t.status in ('active', 'suspended') and {USAGE_PERCENT} >= $1 \
+         order by percent desc, q.tenant_id, q.resource_type limit $2"
+    ))
+    .bind(min_percent)
+    .bind(cap)
+    .fetch_all(db)
+    .await?)
+}
+
 /// What a tenant health check looks at besides Redis.
 #[derive(Debug, sqlx::FromRow)]
 pub struct HealthFacts {

@@ -69,6 +69,8 @@ async fn service_and_tenant_metrics_report_live_figures() {
     assert_eq!(m["jobs"]["open"], json!({}));
     assert_eq!(m["queueDepth"], json!(0));
     assert!(m["process"]["residentMemoryBytes"].as_u64().expect("rss") > 1 << 20, "{m}");
+    let rss = app.metric("tenant_service_memory_usage_bytes ").await.expect("memory exported");
+    assert!(rss > f64::from(1 << 20), "{rss}");
     let requests = m["process"]["httpRequests"].as_u64().expect("requests");
     let (_, second) = app.get("/api/v1/metrics", &admin).await;
     assert!(second["data"]["process"]["httpRequests"].as_u64().expect("requests") > requests);
@@ -123,6 +125,13 @@ async fn every_tenants_usage_is_listed_busiest_first_from_the_rollups() {
     assert_eq!(list[0]["highestUsagePercent"], json!(80.0));
     assert_eq!(list[1]["quotas"]["api_calls"]["percent"], json!(25.0));
     assert!(list[0]["asOf"].is_string());
+    // Prometheus gets the tenant resources at 75 % and more, labelled by tenant
+    let busy_series = format!("tenant_quota_usage_percent{{resource=\"api_calls\",tenant_id=\"{}\"}}", busy.id);
+    assert_eq!(app.metric(&format!("{busy_series} ")).await, Some(80.0));
+    assert_eq!(
+        app.metric(&format!("tenant_quota_usage_percent{{resource=\"api_calls\",tenant_id=\"{}\"}}", calm.id)).await,
+        None
+    );
 
     // paging and filters; suspended tenants are listed under their status
     let (_, page2) = service_get(&app, "/internal/tenants/metrics?limit=2&page=2", Some(SERVICE_TOKEN)).await;

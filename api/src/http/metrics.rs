@@ -8,10 +8,11 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::time::{Duration, Instant};
+use tenant_domain::monitoring;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -28,6 +29,8 @@ pub struct Metrics {
     pub config_cache_hit_rate: Gauge,
     pub config_cache_lookups: IntGaugeVec,
     pub db_connections: IntGauge,
+    pub quota_usage_percent: GaugeVec,
+    pub memory: IntGauge,
     /// When this process started (for uptime).
     pub started: Instant,
 }
@@ -88,6 +91,15 @@ impl Metrics {
                 "Times a tenant's quota state had to be read from PostgreSQL into Redis",
             )?,
             db_connections: IntGauge::new("tenant_database_connections_active", "PostgreSQL connections in use")?,
+            quota_usage_percent: GaugeVec::new(
+                Opts::new(
+                    "tenant_quota_usage_percent",
+                    "Usage in percent of the limit as of the last rollup, for tenant resources at 75 % or more \
+                     (at most 1000 series, highest first)",
+                ),
+                &["tenant_id", "resource"],
+            )?,
+            memory: IntGauge::new("tenant_service_memory_usage_bytes", "Resident memory of this process")?,
             started: Instant::now(),
             registry,
         };
@@ -104,6 +116,8 @@ impl Metrics {
         m.registry.register(Box::new(m.config_cache_hit_rate.clone()))?;
         m.registry.register(Box::new(m.config_cache_lookups.clone()))?;
         m.registry.register(Box::new(m.db_connections.clone()))?;
+        m.registry.register(Box::new(m.quota_usage_percent.clone()))?;
+        m.registry.register(Box::new(m.memory.clone()))?;
         Ok(m)
     }
 
@@ -140,6 +154,10 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     response
 }
 
+/// `tenant_quota_usage_percent` lists tenant resources from this share of their limit up.
+const HIGH_USAGE_PERCENT: f64 = 75.0;
+const HIGH_USAGE_SERIES: i64 = 1000;
+
 /// `GET /metrics`: Prometheus text format.
 pub async fn scrape(State(state): State<AppState>) -> Response {
     let m = &state.metrics;
@@ -161,6 +179,17 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     }
     let in_use = state.db.size().saturating_sub(u32::try_from(state.db.num_idle()).unwrap_or(u32::MAX));
     m.db_connections.set(i64::from(in_use));
+    if let Some(bytes) = super::monitoring::resident_memory() {
+        m.memory.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+    let high = monitoring::high_usage(&state.db, HIGH_USAGE_PERCENT, HIGH_USAGE_SERIES);
+    if let Ok(Ok(rows)) = tokio::time::timeout(Duration::from_secs(1), high).await {
+        // Only what is high now: a tenant back under 75 % loses its series.
+        m.quota_usage_percent.reset();
+        for (tenant, resource, percent) in rows {
+            m.quota_usage_percent.with_label_values(&[tenant.to_string().as_str(), resource.as_str()]).set(percent);
+        }
+    }
     let mut buf = Vec::new();
     if let Err(err) = TextEncoder::new().encode(&m.registry.gather(), &mut buf) {
         tracing::error!(error = %err, "could not encode metrics");

@@ -103,7 +103,7 @@ fn process_metrics(state: &AppState) -> ProcessMetrics {
 }
 
 /// `VmRSS` of `/proc/self/status`, in bytes.
-fn resident_memory() -> Option<u64> {
+pub fn resident_memory() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse::<u64>();
     kb.ok().map(|kb| kb * 1024)
