@@ -19,8 +19,8 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 use std::time::Instant;
 use tenant_domain::context::{self, ContextStore, TenantContext};
@@ -90,6 +90,8 @@ pub struct ContextCache {
     local: Local,
     store: ContextStore,
     generation: AtomicU64,
+    /// One gate per tenant being loaded (see [`ContextCache::get`]).
+    loading: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
     pub local_hits: AtomicU64,
     pub redis_hits: AtomicU64,
     pub misses: AtomicU64,
@@ -105,6 +107,7 @@ impl ContextCache {
             },
             store: ContextStore::new(config, conn),
             generation: AtomicU64::new(0),
+            loading: Mutex::new(HashMap::new()),
             local_hits: AtomicU64::new(0),
             redis_hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -113,27 +116,71 @@ impl ContextCache {
 
     /// The tenant's context: from memory, else Redis, else built from PostgreSQL. `None` for an
     /// unknown tenant. Redis trouble degrades to PostgreSQL, never to an error of its own.
+    ///
+    /// One load per tenant at a time in this process: requests that miss while a load is in
+    /// flight wait for it and are answered from memory, so a cold start or an invalidated hot
+    /// tenant costs one Redis read or PostgreSQL build, not one per concurrent request. If that
+    /// load could not be cached (Redis trouble, or invalidated meanwhile), they load in parallel.
     pub async fn get(
         &self,
         db: &PgPool,
         cipher: &ConfigCipher,
         id: TenantId,
     ) -> tenant_domain::Result<Option<Arc<CachedContext>>> {
-        let generation = self.generation.load(Ordering::SeqCst);
-        if let Some((ctx, seen)) = self.local.get(&id) {
-            match self.store.version(id).await {
-                Ok(current) if current == seen => {
-                    self.local_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Some(ctx));
+        if let Some(found) = self.from_memory(id).await {
+            return Ok(Some(found));
+        }
+        let _release = GateRelease { cache: self, id };
+        let gate = self.gate(id);
+        let turn = match gate.clone().try_lock_owned() {
+            Ok(turn) => Some(turn),
+            Err(_) => {
+                drop(gate.lock().await);
+                if let Some(found) = self.from_memory(id).await {
+                    return Ok(Some(found));
                 }
-                Ok(_) => self.local.invalidate(&id),
-                Err(err) => {
-                    tracing::warn!(tenant = %id, error = %err, "context cache: Redis unavailable, serving the in-process copy");
-                    self.local_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Some(ctx));
-                }
+                None
+            }
+        };
+        let loaded = self.load(db, cipher, id).await;
+        drop(turn);
+        loaded
+    }
+
+    /// The in-process copy, while Redis still holds the version it was read under.
+    async fn from_memory(&self, id: TenantId) -> Option<Arc<CachedContext>> {
+        let (ctx, seen) = self.local.get(&id)?;
+        match self.store.version(id).await {
+            Ok(current) if current == seen => {
+                self.local_hits.fetch_add(1, Ordering::Relaxed);
+                Some(ctx)
+            }
+            Ok(_) => {
+                self.local.invalidate(&id);
+                None
+            }
+            Err(err) => {
+                tracing::warn!(tenant = %id, error = %err, "context cache: Redis unavailable, serving the in-process copy");
+                self.local_hits.fetch_add(1, Ordering::Relaxed);
+                Some(ctx)
             }
         }
+    }
+
+    fn gate(&self, id: TenantId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.loading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        gates.entry(id).or_default().clone()
+    }
+
+    /// From Redis, else built from PostgreSQL (and stored in Redis); kept in memory when no
+    /// invalidation raced it.
+    async fn load(
+        &self,
+        db: &PgPool,
+        cipher: &ConfigCipher,
+        id: TenantId,
+    ) -> tenant_domain::Result<Option<Arc<CachedContext>>> {
+        let generation = self.generation.load(Ordering::SeqCst);
         let (cached, version) = match self.store.get(id).await {
             Ok(found) => found,
             Err(err) => {
@@ -187,6 +234,22 @@ impl ContextCache {
         let hits = self.local_hits.load(Ordering::Relaxed) + self.redis_hits.load(Ordering::Relaxed);
         let total = hits + self.misses.load(Ordering::Relaxed);
         if total == 0 { 1.0 } else { hits as f64 / total as f64 }
+    }
+}
+
+/// Drops a tenant's load gate once nobody holds it (declared before the gate's own handle, so it
+/// runs after that handle is gone).
+struct GateRelease<'a> {
+    cache: &'a ContextCache,
+    id: TenantId,
+}
+
+impl Drop for GateRelease<'_> {
+    fn drop(&mut self) {
+        let mut gates = self.cache.loading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if gates.get(&self.id).is_some_and(|gate| Arc::strong_count(gate) == 1) {
+            gates.remove(&self.id);
+        }
     }
 }
 

@@ -304,3 +304,31 @@ async fn the_audit_log_is_the_tenants_own() {
     let member = app.token(&["tenant_member"], Some(a.id));
     assert_eq!(app.get(&format!("/api/v1/tenants/{}/audit", a.id), &member).await.0, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn concurrent_reads_of_a_cold_context_build_it_once() {
+    let app = TestApp::spawn().await;
+    let t = tenant(&app, "herd", "pro").await;
+    let path = format!("/internal/tenants/{}/context", t.id);
+    let base = app.url("");
+    let misses = || async { app.metric("tenant_config_cache_lookups{result=\"miss\"}").await.unwrap_or(0.0) };
+    let burst = || async {
+        let reads = (0..50).map(|_| internal_get(&app.client, &base, &path));
+        let answers = futures::future::join_all(reads).await;
+        assert!(answers.iter().all(|(status, _)| *status == StatusCode::OK));
+        assert!(answers.windows(2).all(|w| w[0].1 == w[1].1), "every reader got the same context");
+        answers[0].1.clone()
+    };
+
+    // Cold: fifty readers at once, one build from PostgreSQL; the others wait for it.
+    burst().await;
+    assert_eq!(misses().await, 1.0);
+
+    // An invalidation makes the next burst build it once more, and only once.
+    let (status, body) =
+        put_config(&app, &app.admin_token(), &t, json!({ "branding": { "primaryColor": "#123456" } })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let after = burst().await;
+    assert_eq!(after["data"]["config"]["branding"]["primaryColor"], json!("#123456"), "{after}");
+    assert_eq!(misses().await, 2.0);
+}

@@ -18,6 +18,12 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     processes::wait_ready(&format!("{base}/health")).await?;
 
     let paths: Vec<String> = ids.iter().map(|id| format!("/internal/tenants/{id}/context")).collect();
+    // Warm: each context is built from PostgreSQL once, so the run measures the steady state.
+    let client = reqwest::Client::new();
+    for path in &paths {
+        let res = client.get(format!("{base}{path}")).header("x-service-token", SERVICE_TOKEN).send().await?;
+        anyhow::ensure!(res.status().is_success(), "warm-up read answered {}", res.status());
+    }
     let script = cycling_script("GET", &[("X-Service-Token", SERVICE_TOKEN)], None, &paths)?;
     let context = run_wrk(&base, &script, seconds).await?;
     let livez = wrk_get(&format!("{base}/livez"), seconds).await?;
