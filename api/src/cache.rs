@@ -127,7 +127,7 @@ impl ContextCache {
         cipher: &ConfigCipher,
         id: TenantId,
     ) -> tenant_domain::Result<Option<Arc<CachedContext>>> {
-        if let Some(found) = self.from_memory(id).await {
+        if let Some(found) = self.in_memory(id).await {
             return Ok(Some(found));
         }
         let _release = GateRelease { cache: self, id };
@@ -136,7 +136,7 @@ impl ContextCache {
             Ok(turn) => Some(turn),
             Err(_) => {
                 drop(gate.lock().await);
-                if let Some(found) = self.from_memory(id).await {
+                if let Some(found) = self.in_memory(id).await {
                     return Ok(Some(found));
                 }
                 None
@@ -148,7 +148,7 @@ impl ContextCache {
     }
 
     /// The in-process copy, while Redis still holds the version it was read under.
-    async fn from_memory(&self, id: TenantId) -> Option<Arc<CachedContext>> {
+    async fn in_memory(&self, id: TenantId) -> Option<Arc<CachedContext>> {
         let (ctx, seen) = self.local.get(&id)?;
         match self.store.version(id).await {
             Ok(current) if current == seen => {
