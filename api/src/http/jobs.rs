@@ -51,7 +51,7 @@ async fn authorize(state: &AppState, user: &AuthUser, job: &Job, request_id: &Re
                               as JSON: first its current state, then one `progress` event per change of status or steps, \
                               and a last `finished` event when it succeeded, failed or was compensated, after which the \
                               stream ends. A job that is already finished answers with its `finished` event only.",
-               body = Job),
+               body = JobEvent),
               (status = 403, description = "Another tenant's job", body = super::error::ErrorBody),
               (status = 404, description = "`JOB_NOT_FOUND`", body = super::error::ErrorBody),
               (status = 503, description = "Change notifications are unavailable (PostgreSQL down)", body = super::error::ErrorBody)))]
@@ -81,6 +81,20 @@ pub async fn events(
         finished: false,
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// One server-sent event of `GET /api/v1/jobs/{id}/events`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the wire format; the stream writes it through axum's `Event`
+pub struct JobEvent {
+    /// `progress`, or `finished` for the last one.
+    #[schema(pattern = "^(progress|finished)$")]
+    event: String,
+    /// The job's `updatedAt` in microseconds since the epoch.
+    id: String,
+    /// The whole job as JSON, as in the `data` of `GET /api/v1/jobs/{id}`.
+    #[schema(content_media_type = "application/json")]
+    data: String,
 }
 
 struct Progress {
@@ -160,16 +174,21 @@ fn progress(state: Progress) -> impl Stream<Item = std::result::Result<Event, In
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
+    #[param(minimum = 1, maximum = 1000000)]
     pub page: Option<u32>,
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
+
+/// Pages beyond this are refused rather than scanned for.
+pub const MAX_PAGE: u32 = 1_000_000;
 
 impl PageParams {
     pub fn resolve(&self) -> Result<(u32, u32)> {
         let page = self.page.unwrap_or(1);
         let limit = self.limit.unwrap_or(20);
-        if page == 0 {
-            return Err(ApiError::field("page", "must be 1 or more"));
+        if !(1..=MAX_PAGE).contains(&page) {
+            return Err(ApiError::field("page", "must be from 1 to 1000000"));
         }
         if !(1..=100).contains(&limit) {
             return Err(ApiError::field("limit", "must be from 1 to 100"));

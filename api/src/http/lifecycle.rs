@@ -30,8 +30,10 @@ use uuid::Uuid;
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateTenantRequest {
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     pub name: String,
-    /// `^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$`, unique among live tenants, immutable.
+    /// Unique among live tenants, immutable.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$")]
     pub slug: String,
     pub domain: Option<String>,
     /// A plan's id or slug.

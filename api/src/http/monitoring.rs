@@ -165,8 +165,10 @@ pub async fn tenant(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct UsageParams {
+    #[param(minimum = 1, maximum = 1000000)]
     pub page: Option<u32>,
     /// 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// Only tenants in this status (deleted tenants are never listed).
     pub status: Option<TenantStatus>,

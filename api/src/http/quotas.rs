@@ -24,8 +24,10 @@ use tenant_domain::{Error, TenantId};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckRequest {
     /// One of users, storage, api_calls, bandwidth, databases, compute_hours, file_uploads, email_sends.
+    #[schema(pattern = "^(users|storage|api_calls|bandwidth|databases|compute_hours|file_uploads|email_sends)$")]
     pub resource: String,
     /// Default 1.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     pub amount: Option<i64>,
     /// Count the amount if allowed, atomically with the check (default false).
     #[serde(default)]
@@ -173,8 +175,10 @@ pub async fn public_check(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsageRequest {
+    #[schema(pattern = "^(users|storage|api_calls|bandwidth|databases|compute_hours|file_uploads|email_sends)$")]
     pub resource: String,
     /// Non-zero; negative only for gauges (users, storage, databases).
+    #[schema(minimum = -1_000_000_000_000_000_i64, maximum = 1_000_000_000_000_000_i64)]
     pub amount: i64,
 }
 
@@ -223,6 +227,7 @@ pub async fn record_usage(
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QuotaView {
+    #[schema(pattern = "^(users|storage|api_calls|bandwidth|databases|compute_hours|file_uploads|email_sends)$")]
     pub resource: String,
     pub limit: i64,
     pub unit: String,
@@ -355,6 +360,7 @@ pub struct UsageParams {
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsagePoint {
+    #[schema(pattern = "^(users|storage|api_calls|bandwidth|databases|compute_hours|file_uploads|email_sends)$")]
     pub resource: String,
     pub bucket_start: DateTime<Utc>,
     pub window_start: Option<DateTime<Utc>>,

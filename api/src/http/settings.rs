@@ -30,7 +30,9 @@ pub struct LayeredConfig {
 }
 
 fn invalid(path: &str, reason: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_CONFIG", format!("{path}: {reason}"))
+    // An empty path is the body as a whole.
+    let message = if path.is_empty() { reason.to_owned() } else { format!("{path}: {reason}") };
+    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_CONFIG", message)
         .with_details(json!({ "path": path, "reason": reason }))
 }
 

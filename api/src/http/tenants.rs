@@ -22,8 +22,10 @@ use uuid::Uuid;
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// 1-based page number (default 1).
+    #[param(minimum = 1, maximum = 1000000)]
     pub page: Option<u32>,
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     pub status: Option<TenantStatus>,
     /// Full-text search on name, slug and domain (every word must prefix-match).
@@ -38,14 +40,7 @@ pub struct ListParams {
               (status = 400, description = "Bad parameters", body = super::error::ErrorBody),
               (status = 401, description = "No or bad token", body = super::error::ErrorBody)))]
 pub async fn list(State(state): State<AppState>, user: AuthUser, Query(params): Query<ListParams>) -> Result<Response> {
-    let page = params.page.unwrap_or(1);
-    let limit = params.limit.unwrap_or(20);
-    if page == 0 {
-        return Err(ApiError::field("page", "must be 1 or more"));
-    }
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::field("limit", "must be from 1 to 100"));
-    }
+    let (page, limit) = super::jobs::PageParams { page: params.page, limit: params.limit }.resolve()?;
     // Platform staff see every tenant; anyone else only their own.
     let only = if user.is_platform_admin() {
         None
@@ -122,6 +117,7 @@ async fn detail(state: &AppState, tenant: Tenant) -> Result<TenantDetail> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateTenantRequest {
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     pub name: Option<String>,
     /// `null` clears the domain.
     #[serde(default, deserialize_with = "validate::double_option")]
