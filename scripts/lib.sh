@@ -29,6 +29,21 @@ have() { command -v "$1" >/dev/null 2>&1; }
 # `timeout SECS cmd...` where coreutils has it; plain `cmd...` elsewhere.
 with_timeout() { if have timeout; then timeout "$@"; else shift; "$@"; fi; }
 
+# python_tool NAME BIN PACKAGE...: a Python program of the tests' local peers, installed with pip
+# into .dev/NAME on first use; prints the path of BIN there.
+python_tool() {
+  local venv=$DEV_DIR/$1 bin=$2
+  shift 2
+  if [[ ! -x $venv/bin/$bin ]]; then
+    have python3 || die "python3 is needed for $*"
+    say "installing $* into $venv"
+    python3 -m venv "$venv" >&2 || die "python3 -m venv failed (Debian/Ubuntu: apt-get install python3-venv)"
+    "$venv/bin/pip" install -q "$@" >&2 || die "pip could not install $*"
+  fi
+  printf '%s
+' "$venv/bin/$bin"
+}
+
 # Hide the password of a URL before printing it.
 redact_url() { printf '%s\n' "$1" | sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#'; }
 

@@ -175,6 +175,9 @@ impl BackupStore {
         if let Some(region) = &settings.s3_region {
             builder = builder.with_region(region);
         }
+        if let (Some(id), Some(secret)) = (&settings.s3_access_key_id, &settings.s3_secret_access_key) {
+            builder = builder.with_access_key_id(id).with_secret_access_key(secret.expose());
+        }
         Ok(Self { store: Arc::new(builder.build()?) })
     }
 

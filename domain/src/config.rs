@@ -137,10 +137,14 @@ pub struct MailSettings {
 pub struct BackupSettings {
     /// Local directory of the backup store (when no S3 bucket is configured).
     pub dir: String,
-    /// S3-compatible bucket (needs the `s3` build feature); credentials from the usual AWS_* vars.
+    /// S3-compatible bucket (the worker is built with the `s3` feature).
     pub s3_bucket: Option<String>,
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
+    /// Credentials for the bucket; when unset, the usual `AWS_*` variables (and instance
+    /// credentials) apply.
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<Secret<String>>,
     /// AES-256-GCM key of the archives.
     pub key: Secret<[u8; 32]>,
     /// Stored with every archive, so keys can rotate.
@@ -337,6 +341,8 @@ impl Config {
                 s3_bucket: env.get("BACKUP_S3_BUCKET"),
                 s3_endpoint: env.get("BACKUP_S3_ENDPOINT"),
                 s3_region: env.get("BACKUP_S3_REGION"),
+                s3_access_key_id: env.get("BACKUP_S3_ACCESS_KEY_ID"),
+                s3_secret_access_key: env.get("BACKUP_S3_SECRET_ACCESS_KEY").map(Secret::new),
                 key: env.key32("BACKUP_ENCRYPTION_KEY")?,
                 key_id: env.get("BACKUP_ENCRYPTION_KEY_ID").unwrap_or_else(|| "k1".into()),
             },

@@ -629,3 +629,58 @@ async fn an_open_job_stream_ends_when_the_api_shuts_down() {
     }
     assert!(refused, "the server still answers after its shutdown");
 }
+
+#[tokio::test]
+async fn backups_go_to_s3_compatible_storage_and_restore_from_it() {
+    use object_store::ObjectStoreExt;
+    use tenant_tests::s3_peer::{self, S3Peer};
+    let s3 = S3Peer::start().await.expect("moto S3 server");
+    let app = TestApp::spawn_with(|env| {
+        for (k, v) in s3.env() {
+            env.insert(k.into(), v);
+        }
+    })
+    .await;
+    let _worker = app.spawn_worker();
+    let (tenant, job) = create(&app, "s3-held", "basic").await;
+    assert_eq!(app.wait_job(&job, DEADLINE).await["status"], json!("succeeded"));
+    let schema = format!("tenant_{}", tenant.replace('-', ""));
+    sqlx::raw_sql(&format!("insert into {schema}.users (email, display_name) values ('c@s3.test', 'Cy')"))
+        .execute(&app.db)
+        .await
+        .expect("tenant data");
+    let before = snapshot(&app, &tenant).await;
+
+    let backup_id = delete_and_wait(&app, &tenant).await;
+    let (object_key, sha256, size): (String, String, i64) =
+        sqlx::query_as("select object_key, sha256, size_bytes from tenant_backups where id = $1")
+            .bind(Uuid::parse_str(&backup_id).expect("uuid"))
+            .fetch_one(&app.db)
+            .await
+            .expect("backup row");
+    // Not on local disk: in the bucket, as read by a client of its own.
+    assert!(!std::path::Path::new(&app.env["BACKUP_DIR"]).join(&object_key).exists());
+    let bucket = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(s3_peer::BUCKET)
+        .with_endpoint(s3.endpoint())
+        .with_allow_http(true)
+        .with_region(s3_peer::REGION)
+        .with_access_key_id(s3_peer::ACCESS_KEY_ID)
+        .with_secret_access_key(s3_peer::SECRET_ACCESS_KEY)
+        .build()
+        .expect("client");
+    let object = bucket.get(&object_store::path::Path::from(object_key.as_str())).await.expect("archive in the bucket");
+    let bytes = object.bytes().await.expect("bytes");
+    assert_eq!(hex::encode(Sha256::digest(&bytes)), sha256);
+    assert_eq!(i64::try_from(bytes.len()).expect("len"), size);
+    assert!(!bytes.windows(8).any(|w| w == b"c@s3.tes"), "archive is not encrypted");
+
+    // Restored from the bucket, every row as it was.
+    let (status, body) = app
+        .call(Method::POST, "/api/v1/tenants/restore", Some(&app.admin_token()), Some(json!({ "backupId": backup_id })))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let job = app.wait_job(body["data"]["job"]["id"].as_str().expect("id"), DEADLINE).await;
+    assert_eq!(job["status"], json!("succeeded"), "{job}");
+    assert_eq!(snapshot(&app, &tenant).await, before);
+}
