@@ -44,6 +44,15 @@ pub async fn create(app: &TestApp, slug: &str, plan: &str) -> (String, String) {
     (tenant, job)
 }
 
+/// The backup's object key, SHA-256 and size, as recorded.
+async fn backup_row(app: &TestApp, backup_id: &str) -> (String, String, i64) {
+    sqlx::query_as("select object_key, sha256, size_bytes from tenant_backups where id = $1")
+        .bind(Uuid::parse_str(backup_id).expect("uuid"))
+        .fetch_one(&app.db)
+        .await
+        .expect("backup row")
+}
+
 async fn count(app: &TestApp, sql: &str, tenant: &str) -> i64 {
     sqlx::query_scalar(sql).bind(Uuid::parse_str(tenant).expect("uuid")).fetch_one(&app.db).await.expect(sql)
 }
@@ -222,12 +231,7 @@ async fn create_delete_and_restore_round_trip() {
     assert_eq!(job["status"], json!("succeeded"), "{job}");
     let backup_id = job["result"]["backupId"].as_str().expect("backupId").to_owned();
 
-    let (object_key, sha256, size): (String, String, i64) =
-        sqlx::query_as("select object_key, sha256, size_bytes from tenant_backups where id = $1")
-            .bind(Uuid::parse_str(&backup_id).expect("uuid"))
-            .fetch_one(&app.db)
-            .await
-            .expect("backup row");
+    let (object_key, sha256, size) = backup_row(&app, &backup_id).await;
     let file = std::fs::read(std::path::Path::new(&app.env["BACKUP_DIR"]).join(&object_key)).expect("archive file");
     assert_eq!(hex::encode(Sha256::digest(&file)), sha256);
     assert_eq!(i64::try_from(file.len()).expect("len"), size);
@@ -652,12 +656,7 @@ async fn backups_go_to_s3_compatible_storage_and_restore_from_it() {
     let before = snapshot(&app, &tenant).await;
 
     let backup_id = delete_and_wait(&app, &tenant).await;
-    let (object_key, sha256, size): (String, String, i64) =
-        sqlx::query_as("select object_key, sha256, size_bytes from tenant_backups where id = $1")
-            .bind(Uuid::parse_str(&backup_id).expect("uuid"))
-            .fetch_one(&app.db)
-            .await
-            .expect("backup row");
+    let (object_key, sha256, size) = backup_row(&app, &backup_id).await;
     // Not on local disk: in the bucket, as read by a client of its own.
     assert!(!std::path::Path::new(&app.env["BACKUP_DIR"]).join(&object_key).exists());
     let bucket = object_store::aws::AmazonS3Builder::new()
