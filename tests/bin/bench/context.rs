@@ -40,6 +40,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     println!();
     println!("context / static route throughput: {:.2}", context.rps / livez.rps);
     println!("cache hit rate after the run: {hit_rate}");
+    processes::print_peak_memory(&[("tenant-api", processes::peak_memory(&_api))]);
     Ok(())
 }
 

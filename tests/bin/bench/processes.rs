@@ -97,6 +97,25 @@ pub async fn seed_tenants(
     Ok(ids)
 }
 
+/// The peak resident memory (`VmHWM`) of a running process, in bytes.
+pub fn peak_memory(child: &Child) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()?)).ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().strip_suffix("kB")?.trim().parse::<u64>();
+    kb.ok().map(|kb| kb * 1024)
+}
+
+/// Prints the processes' peak memory against the SPEC's budget of 1.2 GB each.
+pub fn print_peak_memory(processes: &[(&str, Option<u64>)]) {
+    let shown: Vec<String> = processes
+        .iter()
+        .map(|(name, bytes)| match bytes {
+            Some(b) => format!("{name} {:.1} MiB", *b as f64 / (1024.0 * 1024.0)),
+            None => format!("{name} ?"),
+        })
+        .collect();
+    println!("peak resident memory: {}  (budget: 1.2 GB each)", shown.join(", "));
+}
+
 /// The value of the sample `name` (no labels) in `{base}/metrics`.
 pub async fn metric(base: &str, name: &str) -> anyhow::Result<Option<f64>> {
     let text = reqwest::get(format!("{base}/metrics")).await?.text().await?;

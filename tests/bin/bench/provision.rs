@@ -73,6 +73,10 @@ pub async fn run() -> anyhow::Result<()> {
     let active: i64 = sqlx::query_scalar("select count(*) from tenants where status = 'active'").fetch_one(&db).await?;
     anyhow::ensure!(active == TENANTS as i64, "{active} of {TENANTS} tenants active");
     let service = summarize(latencies);
+    let mut memory = vec![("tenant-api".to_owned(), processes::peak_memory(&_api))];
+    for (i, worker) in _workers.iter().enumerate() {
+        memory.push((format!("tenant-worker {}", i + 1), processes::peak_memory(worker)));
+    }
 
     // ---- reference: the same sagas, run in-process by the engine
     let reference = reference_run(concurrency * WORKERS).await?;
@@ -102,6 +106,7 @@ pub async fn run() -> anyhow::Result<()> {
     println!("all {TENANTS} POSTs answered 202 within {}", ms(accepted_after));
     println!("latency = job created → job succeeded (server clocks); {} samples", service.count);
     println!("ratio service/reference jobs/s: {:.2}", rate(TENANTS, wall) / rate(TENANTS, reference.0));
+    processes::print_peak_memory(&memory.iter().map(|(n, b)| (n.as_str(), *b)).collect::<Vec<_>>());
     Ok(())
 }
 

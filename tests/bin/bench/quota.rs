@@ -59,6 +59,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     let quota = wrk(&base, &script, seconds).await?;
     let livez = wrk_get(&format!("{base}/livez"), seconds).await?;
     let redis = redis_benchmark(&config, ids[0], seconds).await?;
+    let exact_memory = processes::peak_memory(&_api.0);
     drop(_api);
 
     // The stretch: the same load on an API process that leases api_calls budget.
@@ -71,6 +72,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     let leased_base = format!("http://127.0.0.1:{leased_port}");
     processes::wait_ready(&format!("{leased_base}/health")).await?;
     let leased = wrk(&leased_base, &script, seconds).await?;
+    let leased_memory = processes::peak_memory(&_leased_api);
     let leased_share = processes::metric(&leased_base, "tenant_quota_leased_checks_total")
         .await?
         .map_or(0.0, |n| n / (leased.rps * seconds as f64));
@@ -102,6 +104,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
         leased_share * 100.0
     );
     println!("quota-check p99: {:.2} ms  (bar: ≤ 10 ms)", quota.p99_ms);
+    processes::print_peak_memory(&[("tenant-api", exact_memory), ("leased tenant-api", leased_memory)]);
     let counted: i64 = {
         let engine = tenant_domain::quota::engine::QuotaEngine::connect(&config)?;
         let now = chrono::Utc::now();
