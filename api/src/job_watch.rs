@@ -1,20 +1,19 @@
-//! Job progress for `GET /api/v1/jobs/{id}/events`. A trigger on `jobs` announces every committed
-//! change of a job's status or steps on the PostgreSQL channel `job_progress`; each API process
-//! holds one `LISTEN` connection for it (opened by the first stream, so a replica nobody streams
-//! from holds none) and fans the job ids out to its open streams through a broadcast channel.
+//! Job progress for `GET /api/v1/jobs/{id}/events`. Workers announce every committed change of a
+//! job on the Redis channel `<prefix>job-progress` (`tenant_domain::jobs::ProgressChannel`); each
+//! API process holds one subscription to it (opened by the first stream, so a replica nobody
+//! streams from holds none) and fans the job ids out to its open streams through a broadcast
+//! channel.
 //!
-//! Notifications are a latency shortcut, not the source of truth: a stream re-reads its job row
-//! when told, when the listener reconnected (notifications may have been lost meanwhile), when it
-//! fell behind the broadcast, and at the latest every [`FALLBACK_POLL`].
+//! Announcements are a latency shortcut, not the source of truth (the job row is): a stream
+//! re-reads its job row when told, when the subscription was re-established (announcements may
+//! have been lost meanwhile), when it fell behind the broadcast, and at the latest every
+//! [`FALLBACK_POLL`].
 
-use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use futures::StreamExt;
 use std::time::Duration;
-use tenant_domain::JobId;
+use tenant_domain::jobs::ProgressChannel;
+use tenant_domain::{Config, JobId};
 use tokio::sync::{OnceCell, broadcast};
-
-/// The channel the `job_progress` trigger notifies (migration `..._job_progress.sql`).
-pub const CHANNEL: &str = "job_progress";
 
 /// How long a stream waits without any signal before it re-reads its job anyway.
 pub const FALLBACK_POLL: Duration = Duration::from_secs(15);
@@ -25,59 +24,78 @@ const BUFFER: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
-    /// This job's row changed.
+    /// This job changed.
     Changed(JobId),
-    /// Changes may have been missed (the listener reconnected): every stream re-reads.
+    /// Changes may have been missed (the subscription was re-established): every stream re-reads.
     Resync,
 }
 
 pub struct JobWatch {
-    db: PgPool,
+    redis_url: String,
+    channel: String,
     tx: OnceCell<broadcast::Sender<Signal>>,
 }
 
 impl JobWatch {
-    pub fn new(db: PgPool) -> Self {
-        Self { db, tx: OnceCell::new() }
+    pub fn new(config: &Config) -> Self {
+        Self {
+            redis_url: config.redis_url.expose().clone(),
+            channel: ProgressChannel::name(&config.redis_key_prefix),
+            tx: OnceCell::new(),
+        }
     }
 
-    /// A receiver of job changes. The first call opens the `LISTEN` connection; once this returns,
-    /// every change committed afterwards is announced to the receiver.
-    pub async fn subscribe(&self) -> Result<broadcast::Receiver<Signal>, sqlx::Error> {
+    /// A receiver of job changes. The first call subscribes; once this returns, every change
+    /// announced afterwards reaches the receiver.
+    pub async fn subscribe(&self) -> Result<broadcast::Receiver<Signal>, redis::RedisError> {
         let tx = self
             .tx
             .get_or_try_init(|| async {
-                let mut listener = PgListener::connect_with(&self.db).await?;
-                listener.listen(CHANNEL).await?;
+                let pubsub = self.connect().await?;
                 let (tx, _) = broadcast::channel(BUFFER);
-                tokio::spawn(relay(listener, tx.clone()));
-                Ok::<_, sqlx::Error>(tx)
+                tokio::spawn(relay(self.redis_url.clone(), self.channel.clone(), pubsub, tx.clone()));
+                Ok::<_, redis::RedisError>(tx)
             })
             .await?;
         Ok(tx.subscribe())
     }
+
+    async fn connect(&self) -> Result<redis::aio::PubSub, redis::RedisError> {
+        subscribe(&self.redis_url, &self.channel).await
+    }
 }
 
-/// Forwards notifications until the process ends. sqlx re-establishes a lost connection (and its
-/// `LISTEN`); each loss is passed on as a [`Signal::Resync`].
-async fn relay(mut listener: PgListener, tx: broadcast::Sender<Signal>) {
+async fn subscribe(url: &str, channel: &str) -> Result<redis::aio::PubSub, redis::RedisError> {
+    let mut pubsub = redis::Client::open(url)?.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub)
+}
+
+/// Forwards announcements until the process ends, subscribing again whenever the connection
+/// drops; each re-subscription is passed on as a [`Signal::Resync`].
+async fn relay(url: String, channel: String, mut pubsub: redis::aio::PubSub, tx: broadcast::Sender<Signal>) {
     loop {
-        match listener.try_recv().await {
-            Ok(Some(notification)) => match notification.payload().parse::<JobId>() {
-                Ok(id) => {
-                    let _ = tx.send(Signal::Changed(id));
+        {
+            let mut messages = pubsub.on_message();
+            while let Some(message) = messages.next().await {
+                match message.get_payload::<String>().map(|p| p.parse::<JobId>()) {
+                    Ok(Ok(id)) => {
+                        let _ = tx.send(Signal::Changed(id));
+                    }
+                    _ => tracing::warn!(channel, "job progress: a message that is not a job id"),
                 }
-                Err(_) => tracing::warn!(payload = notification.payload(), "job_progress: not a job id"),
-            },
-            Ok(None) => {
-                tracing::info!("job progress listener reconnected; streams re-read their jobs");
-                let _ = tx.send(Signal::Resync);
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "job progress listener lost its connection; retrying");
-                let _ = tx.send(Signal::Resync);
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+        tracing::warn!("job progress subscription lost; subscribing again");
+        pubsub = loop {
+            match subscribe(&url, &channel).await {
+                Ok(pubsub) => break pubsub,
+                Err(err) => {
+                    tracing::warn!(error = %err, "job progress: cannot subscribe; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let _ = tx.send(Signal::Resync);
     }
 }

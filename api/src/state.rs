@@ -52,7 +52,7 @@ impl AppState {
         let contexts = Arc::new(ContextCache::new(&config, redis.clone()));
         let cipher = ConfigCipher::new(config.config_keys.clone());
         Ok(Self(Arc::new(AppInner {
-            job_watch: JobWatch::new(db.clone()),
+            job_watch: JobWatch::new(&config),
             stopping: tokio::sync::watch::Sender::new(false),
             contexts,
             cipher,

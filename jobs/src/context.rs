@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tenant_domain::Config;
 use tenant_domain::backup::BackupStore;
 use tenant_domain::billing::Billing;
+use tenant_domain::jobs::ProgressChannel;
 use tenant_domain::kv::Keys;
 use tenant_domain::mail::Mailer;
 use tenant_domain::quota::engine::QuotaEngine;
@@ -25,6 +26,8 @@ pub struct JobContext {
     pub billing: Arc<dyn Billing>,
     pub mailer: Arc<dyn Mailer>,
     pub backups: BackupStore,
+    /// Where job changes are announced to the API's progress streams.
+    pub progress: ProgressChannel,
     /// Unique per process; the owner name of the leases this worker takes.
     pub worker_id: String,
     /// Becomes true on SIGTERM: running sagas stop between steps and release their jobs.

@@ -223,7 +223,8 @@ async fn run_saga<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, Engin
         return Ok(Outcome::NotClaimed);
     };
     let keeper = LeaseKeeper::start(ctx, id);
-    let lease = Lease { db: &ctx.db, id, owner: &ctx.worker_id };
+    ctx.progress.announce(id).await; // claimed: now running
+    let lease = Lease { db: &ctx.db, id, owner: &ctx.worker_id, progress: &ctx.progress };
     tracing::info!(job = %id, kind = S::KIND.name(), attempt = job.attempts, "job claimed");
 
     let saga = match S::load(ctx, &job).await {

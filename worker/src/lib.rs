@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tenant_domain::backup::BackupStore;
 use tenant_domain::billing::LocalBilling;
+use tenant_domain::jobs::ProgressChannel;
 use tenant_domain::kv::{self, Keys};
 use tenant_domain::mail::LettreMailer;
 use tenant_domain::quota::engine::QuotaEngine;
@@ -143,12 +144,13 @@ pub async fn context(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> an
     Ok(JobContext {
         redis: redis.clone(),
         keys: Keys::new(config.redis_key_prefix.clone()),
-        queue: Queue::new(redis, &config.redis_key_prefix, config.jobs.clone()),
+        queue: Queue::new(redis.clone(), &config.redis_key_prefix, config.jobs.clone()),
         quota: QuotaEngine::connect(&config)?,
         http: reqwest::Client::builder().timeout(config.outbound.timeout).build()?,
         billing: Arc::new(LocalBilling::new(db.clone())),
         mailer: Arc::new(LettreMailer::new(&config.mail)?),
         backups: BackupStore::new(&config.backup)?,
+        progress: ProgressChannel::new(redis, &config.redis_key_prefix),
         worker_id: format!("worker-{}-{}", std::process::id(), ulid::Ulid::generate()),
         shutdown,
         db,

@@ -44,6 +44,9 @@ pub async fn reconcile_once(ctx: &JobContext) -> anyhow::Result<usize> {
     }
     let stale = jobs::due_and_stale(&mut *tx, ctx.config.jobs.reconcile_stale_after, 1000).await?;
     tx.commit().await?;
+    for job in &candidates {
+        ctx.progress.announce(job.id).await; // running → retrying
+    }
     for job in stale {
         let Some(kind) = JobKind::from_name(&job.kind) else { continue };
         let held = match &job.delivery_id {

@@ -54,7 +54,7 @@ async fn authorize(state: &AppState, user: &AuthUser, job: &Job, request_id: &Re
                body = JobEvent),
               (status = 403, description = "Another tenant's job", body = super::error::ErrorBody),
               (status = 404, description = "`JOB_NOT_FOUND`", body = super::error::ErrorBody),
-              (status = 503, description = "Change notifications are unavailable (PostgreSQL down)", body = super::error::ErrorBody)))]
+              (status = 503, description = "Change announcements are unavailable (Redis down)", body = super::error::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     user: AuthUser,
