@@ -51,17 +51,13 @@ impl JobWatch {
         let tx = self
             .tx
             .get_or_try_init(|| async {
-                let pubsub = self.connect().await?;
+                let pubsub = subscribe(&self.redis_url, &self.channel).await?;
                 let (tx, _) = broadcast::channel(BUFFER);
                 tokio::spawn(relay(self.redis_url.clone(), self.channel.clone(), pubsub, tx.clone()));
                 Ok::<_, redis::RedisError>(tx)
             })
             .await?;
         Ok(tx.subscribe())
-    }
-
-    async fn connect(&self) -> Result<redis::aio::PubSub, redis::RedisError> {
-        subscribe(&self.redis_url, &self.channel).await
     }
 }
 

@@ -3,8 +3,7 @@
 use super::auth::{Access, AuthUser};
 use super::error::Result;
 use super::extract::{Path, Query, RequestId};
-use super::jobs::PageParams;
-use super::response::{self, Envelope, PageMeta};
+use super::response::{self, Envelope, PageMeta, PageParams};
 use crate::AppState;
 use axum::extract::State;
 use axum::response::Response;

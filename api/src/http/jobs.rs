@@ -4,14 +4,13 @@
 use super::auth::{Access, AuthUser};
 use super::error::{ApiError, Result};
 use super::extract::{Path, Query, RequestId};
-use super::response::{self, Envelope, PageMeta};
+use super::response::{self, Envelope, PageMeta, PageParams};
 use crate::AppState;
 use crate::job_watch::{FALLBACK_POLL, Signal};
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use serde::Deserialize;
 use sqlx::PgPool;
 use std::convert::Infallible;
 use tenant_domain::jobs::{self, Job};
@@ -67,7 +66,7 @@ pub async fn events(
         .job_watch
         .subscribe()
         .await
-        .map_err(|e| ApiError::unavailable("job progress notifications are unavailable", e))?;
+        .map_err(|e| ApiError::unavailable("job progress announcements are unavailable", e))?;
     // Read again once subscribed: a change committed between the first read and the subscription
     // would otherwise be announced to nobody.
     let job = jobs::get(&state.db, id).await?;
@@ -84,17 +83,17 @@ pub async fn events(
 }
 
 /// One server-sent event of `GET /api/v1/jobs/{id}/events`.
+// Documents the wire format only; the stream writes it through axum's `Event`.
 #[derive(utoipa::ToSchema)]
-#[allow(dead_code)] // documents the wire format; the stream writes it through axum's `Event`
 pub struct JobEvent {
     /// `progress`, or `finished` for the last one.
     #[schema(pattern = "^(progress|finished)$")]
-    event: String,
+    pub event: String,
     /// The job's `updatedAt` in microseconds since the epoch.
-    id: String,
+    pub id: String,
     /// The whole job as JSON, as in the `data` of `GET /api/v1/jobs/{id}`.
     #[schema(content_media_type = "application/json")]
-    data: String,
+    pub data: String,
 }
 
 struct Progress {
@@ -168,33 +167,6 @@ fn progress(state: Progress) -> impl Stream<Item = std::result::Result<Event, In
             return Some((Ok(event), p));
         }
     })
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct PageParams {
-    #[param(minimum = 1, maximum = 1000000)]
-    pub page: Option<u32>,
-    #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<u32>,
-}
-
-/// Pages beyond this are refused rather than scanned for.
-pub const MAX_PAGE: u32 = 1_000_000;
-
-impl PageParams {
-    pub fn resolve(&self) -> Result<(u32, u32)> {
-        let page = self.page.unwrap_or(1);
-        let limit = self.limit.unwrap_or(20);
-        if !(1..=MAX_PAGE).contains(&page) {
-            return Err(ApiError::field("page", "must be from 1 to 1000000"));
-        }
-        if !(1..=100).contains(&limit) {
-            return Err(ApiError::field("limit", "must be from 1 to 100"));
-        }
-        Ok((page, limit))
-    }
 }
 
 #[utoipa::path(get, path = "/api/v1/tenants/{id}/jobs", tag = "jobs", security(("bearer" = [])),

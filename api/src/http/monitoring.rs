@@ -6,9 +6,8 @@
 use super::auth::{Access, AuthUser, ServiceCaller};
 use super::error::{ApiError, Result};
 use super::extract::{Path, Query, RequestId};
-use super::jobs::PageParams;
 use super::quotas::{QuotaView, quota_views};
-use super::response::{self, Envelope, PageMeta};
+use super::response::{self, Envelope, PageMeta, PageParams};
 use crate::AppState;
 use axum::extract::State;
 use axum::response::Response;

@@ -40,7 +40,7 @@ pub struct ListParams {
               (status = 400, description = "Bad parameters", body = super::error::ErrorBody),
               (status = 401, description = "No or bad token", body = super::error::ErrorBody)))]
 pub async fn list(State(state): State<AppState>, user: AuthUser, Query(params): Query<ListParams>) -> Result<Response> {
-    let (page, limit) = super::jobs::PageParams { page: params.page, limit: params.limit }.resolve()?;
+    let (page, limit) = response::PageParams { page: params.page, limit: params.limit }.resolve()?;
     // Platform staff see every tenant; anyone else only their own.
     let only = if user.is_platform_admin() {
         None
