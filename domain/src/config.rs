@@ -50,6 +50,33 @@ pub struct Config {
     pub outbound: OutboundSettings,
     /// Where `tenant-worker` serves its `/metrics` and `/health` (unset: not served).
     pub worker_metrics_port: Option<u16>,
+    pub billing: BillingSettings,
+}
+
+/// Billing: the provider, the billing cycle, overage billing and dunning.
+#[derive(Debug, Clone)]
+pub struct BillingSettings {
+    /// Stripe when `STRIPE_SECRET_KEY` is set; local billing otherwise.
+    pub stripe: Option<StripeSettings>,
+    /// Verifies `Stripe-Signature` on webhooks (`STRIPE_WEBHOOK_SECRET`); unset: webhooks are refused.
+    pub webhook_secret: Option<Secret<String>>,
+    /// Webhook timestamps older (or newer) than this are refused.
+    pub webhook_tolerance: Duration,
+    /// Day of the month (1–28, UTC) new accounts' periods are anchored on.
+    pub cycle_day: u32,
+    /// Whether period close bills usage beyond the limits (`USAGE_BILLING_ENABLED`).
+    pub usage_billing: bool,
+    /// How long an account may stay unpaid after a failed payment before its tenant is suspended.
+    pub grace: Duration,
+    /// How often the workers look for periods to close and accounts past their grace.
+    pub close_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StripeSettings {
+    pub secret_key: Secret<String>,
+    /// `STRIPE_API_BASE`: another Stripe-compatible endpoint (a local fake in tests).
+    pub api_base: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -336,6 +363,18 @@ impl Config {
             },
             events_stream: env.get("EVENTS_STREAM").unwrap_or_else(|| "tenant-events".into()),
             events_stream_maxlen: env.parse_in("EVENTS_STREAM_MAXLEN", 1_000_000, 1000..=1_000_000_000)?,
+            billing: BillingSettings {
+                stripe: match env.get("STRIPE_SECRET_KEY") {
+                    None => None,
+                    Some(key) => Some(StripeSettings { secret_key: Secret::new(key), api_base: env.url("STRIPE_API_BASE")? }),
+                },
+                webhook_secret: env.get("STRIPE_WEBHOOK_SECRET").map(Secret::new),
+                webhook_tolerance: Duration::from_secs(300),
+                cycle_day: env.parse_in("BILLING_CYCLE_DAY", 1, 1..=28)?,
+                usage_billing: env.parse_bool("USAGE_BILLING_ENABLED", true)?,
+                grace: Duration::from_secs(86_400 * env.parse_in("BILLING_GRACE_DAYS", 7u64, 0..=365)?),
+                close_interval: Duration::from_secs(env.parse_in("BILLING_CLOSE_INTERVAL_SECS", 3600, 1..=86_400)?),
+            },
             backup: BackupSettings {
                 dir: env.get("BACKUP_DIR").unwrap_or_else(|| "data/backups".into()),
                 s3_bucket: env.get("BACKUP_S3_BUCKET"),

@@ -35,7 +35,14 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
 /// Starts a transaction that can only see and write `tenant`'s rows.
 pub async fn begin_tenant(pool: &PgPool, tenant: TenantId) -> Result<Transaction<'static, Postgres>> {
     let mut tx = pool.begin().await?;
+    enter_tenant(&mut tx, tenant).await?;
+    Ok(tx)
+}
+
+/// Narrows a transaction begun on the owner pool to `tenant`'s rows for the rest of it (after
+/// platform-wide work in the same transaction, e.g. recording a webhook event id first).
+pub async fn enter_tenant(tx: &mut sqlx::PgConnection, tenant: TenantId) -> Result<()> {
     sqlx::query("set local role tenant_app").execute(&mut *tx).await?;
     sqlx::query("select set_config('app.tenant_id', $1, true)").bind(tenant.to_string()).execute(&mut *tx).await?;
-    Ok(tx)
+    Ok(())
 }

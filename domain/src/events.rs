@@ -15,6 +15,10 @@ pub const TENANT_RESTORED: &str = "tenant.restored";
 pub const TENANT_QUOTAS_UPDATED: &str = "tenant.quotas.updated";
 pub const TENANT_CONFIG_UPDATED: &str = "tenant.config.updated";
 pub const TENANT_FEATURES_UPDATED: &str = "tenant.features.updated";
+pub const TENANT_PLAN_CHANGED: &str = "tenant.plan_changed";
+pub const INVOICE_ISSUED: &str = "invoice.issued";
+pub const PAYMENT_SUCCEEDED: &str = "payment.succeeded";
+pub const PAYMENT_FAILED: &str = "payment.failed";
 
 /// Writes one event to the outbox; returns its id (which consumers use to deduplicate).
 pub async fn record(db: impl PgExecutor<'_>, tenant: TenantId, event_type: &str, data: Value) -> Result<Uuid> {

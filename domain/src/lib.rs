@@ -17,6 +17,7 @@ pub mod ids;
 pub mod jobs;
 pub mod kv;
 pub mod mail;
+pub mod money;
 pub mod monitoring;
 pub mod plans;
 pub mod quota;

@@ -6,6 +6,7 @@
 //! The backup's id is the job's id, so a retried backup step overwrites its own archive instead
 //! of leaving a second one.
 
+use crate::account;
 use crate::context::JobContext;
 use crate::engine::{self, Saga, StepError};
 use crate::kinds::JobKind;
@@ -13,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tenant_domain::audit::{self, Actor};
 use tenant_domain::backup::{self, BackupStore};
-use tenant_domain::billing::OpenAccount;
 use tenant_domain::jobs::{Job, StepRecord, StepStatus};
 use tenant_domain::mail::{self, OutgoingMail};
 use tenant_domain::tenants::{self, Tenant};
@@ -64,7 +64,7 @@ impl Saga for Delete {
         match step {
             "backup" => self.write_backup(ctx).await?,
             "verify_backup" => self.verify_backup(ctx).await?,
-            "cancel_billing" => ctx.billing.close_account(id, &self.key(step)).await?,
+            "cancel_billing" => account::close(ctx, &self.tenant, &self.key(step)).await?,
             "clear_cache" => clear_redis(ctx, id).await?,
             "drop_schema" => tenant_schema::drop(&ctx.db, id).await?,
             "delete_rows" => {
@@ -98,14 +98,7 @@ impl Saga for Delete {
 
     async fn compensate(&self, ctx: &JobContext, step: &str) -> Result<(), StepError> {
         if step == "cancel_billing" {
-            ctx.billing
-                .open_account(OpenAccount {
-                    tenant: self.tenant.id,
-                    plan: self.tenant.plan_id,
-                    email: self.tenant.owner_email.as_deref(),
-                    idempotency_key: &self.key("cancel_billing_undo"),
-                })
-                .await?;
+            account::reopen(ctx, &self.tenant, None, chrono::Utc::now(), &self.key("cancel_billing_undo")).await?;
         }
         // The archive is kept (it is harmless and may help); cache entries refill by themselves;
         // the destructive steps can't be undone — `failed` reports that.

@@ -11,6 +11,7 @@
 //! Every step is idempotent and every external side effect carries an idempotency key derived
 //! from job id + step, so resuming after a crash never does anything twice.
 
+pub mod account;
 pub mod context;
 pub mod delete;
 pub mod deliver;

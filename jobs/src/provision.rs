@@ -2,13 +2,13 @@
 //! active → `tenant.created`. A permanent failure undoes the completed steps in reverse and
 //! leaves the tenant `failed` with the reason.
 
+use crate::account;
 use crate::context::JobContext;
 use crate::engine::{self, Saga, StepError};
 use crate::kinds::JobKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tenant_domain::audit::{self, Actor};
-use tenant_domain::billing::OpenAccount;
 use tenant_domain::jobs::{Job, StepRecord};
 use tenant_domain::mail::{self, OutgoingMail};
 use tenant_domain::plans::{self, Plan};
@@ -28,6 +28,7 @@ pub struct ProvisionPayload {
 
 pub struct Provision {
     job: JobId,
+    created: chrono::DateTime<chrono::Utc>,
     tenant: Tenant,
     plan: Plan,
 }
@@ -45,7 +46,7 @@ impl Saga for Provision {
         let payload: ProvisionPayload = engine::payload(job)?;
         let tenant = tenants::get(&ctx.db, payload.tenant_id).await?;
         let plan = plans::find(&ctx.db, &tenant.plan_id.to_string()).await?;
-        Ok(Provision { job: job.id, tenant, plan })
+        Ok(Provision { job: job.id, created: job.created_at, tenant, plan })
     }
 
     async fn run(&self, ctx: &JobContext, step: &str) -> Result<(), StepError> {
@@ -58,16 +59,7 @@ impl Saga for Provision {
                 // Mirror limits and status into Redis, for the hot path.
                 ctx.quota.sync(&ctx.db, id).await?;
             }
-            "billing_account" => {
-                ctx.billing
-                    .open_account(OpenAccount {
-                        tenant: id,
-                        plan: self.plan.id,
-                        email: self.tenant.owner_email.as_deref(),
-                        idempotency_key: &self.key(step),
-                    })
-                    .await?;
-            }
+            "billing_account" => account::open(ctx, &self.tenant, &self.plan, self.created, &self.key(step)).await?,
             "welcome_email" => {
                 if let Some(to) = &self.tenant.owner_email {
                     let mail = OutgoingMail {
@@ -102,7 +94,7 @@ impl Saga for Provision {
                 quotas::delete_all(&ctx.db, id).await?;
                 ctx.quota.forget(id).await?;
             }
-            "billing_account" => ctx.billing.close_account(id, &self.key("billing_account_undo")).await?,
+            "billing_account" => account::close(ctx, &self.tenant, &self.key("billing_account_undo")).await?,
             // A sent mail can't be unsent; activation is the last step and has nothing after it.
             _ => {}
         }

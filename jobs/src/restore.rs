@@ -3,6 +3,7 @@
 //! included) and the tenant row's fields, reopen billing, and mark the tenant active.
 //! A failure undoes what was restored and leaves the tenant `deleted`.
 
+use crate::account;
 use crate::context::JobContext;
 use crate::engine::{self, Saga, StepError};
 use crate::kinds::JobKind;
@@ -10,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tenant_domain::audit::{self, Actor};
 use tenant_domain::backup::{self, Archive};
-use tenant_domain::billing::OpenAccount;
 use tenant_domain::jobs::{Job, StepRecord};
 use tenant_domain::tenants::{self, Tenant};
 use tenant_domain::{JobId, TenantId, events, tenant_schema};
@@ -135,14 +135,8 @@ impl Saga for Restore {
             }
             "reopen_billing" => {
                 let plan = archive_plan(self.archive(ctx).await?).unwrap_or(self.tenant.plan_id.0);
-                ctx.billing
-                    .open_account(OpenAccount {
-                        tenant: id,
-                        plan: tenant_domain::PlanId(plan),
-                        email: self.tenant.owner_email.as_deref(),
-                        idempotency_key: &engine::step_key(self.job, step),
-                    })
-                    .await?;
+                let key = engine::step_key(self.job, step);
+                account::reopen(ctx, &self.tenant, Some(tenant_domain::PlanId(plan)), chrono::Utc::now(), &key).await?;
             }
             "activate" => {
                 self.activate(ctx).await?;
@@ -161,7 +155,7 @@ impl Saga for Restore {
                 backup::delete_scoped_rows(&ctx.db, id).await?;
             }
             "reopen_billing" => {
-                ctx.billing.close_account(id, &engine::step_key(self.job, "reopen_billing_undo")).await?
+                account::close(ctx, &self.tenant, &engine::step_key(self.job, "reopen_billing_undo")).await?
             }
             _ => {}
         }

@@ -24,7 +24,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tenant_domain::backup::BackupStore;
-use tenant_domain::billing::LocalBilling;
+use tenant_domain::billing;
 use tenant_domain::jobs::ProgressChannel;
 use tenant_domain::kv::{self, Keys};
 use tenant_domain::mail::LettreMailer;
@@ -147,7 +147,7 @@ pub async fn context(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> an
         queue: Queue::new(redis.clone(), &config.redis_key_prefix, config.jobs.clone()),
         quota: QuotaEngine::connect(&config)?,
         http: reqwest::Client::builder().timeout(config.outbound.timeout).build()?,
-        billing: Arc::new(LocalBilling::new(db.clone())),
+        billing: billing::from_config(&config, db.clone())?,
         mailer: Arc::new(LettreMailer::new(&config.mail)?),
         backups: BackupStore::new(&config.backup)?,
         progress: ProgressChannel::new(redis, &config.redis_key_prefix),

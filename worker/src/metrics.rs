@@ -47,6 +47,7 @@ impl JobMetrics {
         m.registry.register(Box::new(m.queue_depth.clone()))?;
         m.registry.register(Box::new(m.open.clone()))?;
         m.registry.register(Box::new(m.unpublished.clone()))?;
+        m.registry.register(Box::new(tenant_domain::billing::EVENTS.clone()))?;
         Ok(m)
     }
 }

@@ -118,6 +118,7 @@ impl Metrics {
         m.registry.register(Box::new(m.db_connections.clone()))?;
         m.registry.register(Box::new(m.quota_usage_percent.clone()))?;
         m.registry.register(Box::new(m.memory.clone()))?;
+        m.registry.register(Box::new(tenant_domain::billing::EVENTS.clone()))?;
         Ok(m)
     }
 

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod billing_webhook;
 pub mod error;
 pub mod extract;
 pub mod features;
@@ -73,7 +74,10 @@ pub fn router(state: AppState) -> Router {
     let mut operations = Router::new()
         .route("/health", get(health::health))
         .route("/api/v1/health", get(health::health))
-        .route("/livez", get(health::livez));
+        .route("/livez", get(health::livez))
+        // Authenticated by its Stripe-Signature, not by a token; outside the idempotency layer
+        // (Stripe's event id is the key).
+        .route("/api/v1/billing/stripe/webhook", post(billing_webhook::receive));
     if state.config.prometheus_enabled {
         operations = operations.route("/metrics", get(metrics::scrape));
     }
