@@ -137,6 +137,7 @@ create table plan_changes (
     from_interval     varchar(8) not null check (from_interval in ('month', 'year')),
     to_interval       varchar(8) not null check (to_interval in ('month', 'year')),
     proration_date    timestamptz not null,
+    old_anchor        timestamptz not null,
     old_period_start  timestamptz not null,
     old_period_end    timestamptz not null,
     new_anchor        timestamptz not null,
@@ -145,7 +146,9 @@ create table plan_changes (
     currency          char(3) not null,
     lines             jsonb not null,
     total_minor       bigint not null,
+    -- when the new plan's quotas and features took effect, and when the change was announced
     applied_at        timestamptz,
+    announced_at      timestamptz,
     created_at        timestamptz not null default now()
 );
 create index plan_changes_tenant_idx on plan_changes (tenant_id, created_at desc);

@@ -36,6 +36,10 @@ pub struct AppInner {
     pub contexts: Arc<ContextCache>,
     pub cipher: ConfigCipher,
     pub job_watch: JobWatch,
+    /// The payment provider (Stripe, or local billing without `STRIPE_SECRET_KEY`).
+    pub billing: Arc<dyn tenant_domain::billing::Billing>,
+    /// The provider's last health answer, for `/health` (a provider call at most every 30 s).
+    pub billing_health: crate::http::health::ProviderHealthCache,
     /// Turns true when the server begins its graceful shutdown, so long-lived responses (job
     /// event streams) end and let it finish.
     pub stopping: tokio::sync::watch::Sender<bool>,
@@ -51,8 +55,11 @@ impl AppState {
         let quota = QuotaEngine::connect(&config)?;
         let contexts = Arc::new(ContextCache::new(&config, redis.clone()));
         let cipher = ConfigCipher::new(config.config_keys.clone());
+        let billing = tenant_domain::billing::from_config(&config, db.clone())?;
         Ok(Self(Arc::new(AppInner {
             job_watch: JobWatch::new(&config),
+            billing,
+            billing_health: Default::default(),
             stopping: tokio::sync::watch::Sender::new(false),
             contexts,
             cipher,

@@ -366,7 +366,9 @@ impl Config {
             billing: BillingSettings {
                 stripe: match env.get("STRIPE_SECRET_KEY") {
                     None => None,
-                    Some(key) => Some(StripeSettings { secret_key: Secret::new(key), api_base: env.url("STRIPE_API_BASE")? }),
+                    Some(key) => {
+                        Some(StripeSettings { secret_key: Secret::new(key), api_base: env.url("STRIPE_API_BASE")? })
+                    }
                 },
                 webhook_secret: env.get("STRIPE_WEBHOOK_SECRET").map(Secret::new),
                 webhook_tolerance: Duration::from_secs(300),

@@ -6,6 +6,7 @@
 use crate::context::JobContext;
 use crate::engine::StepError;
 use chrono::{DateTime, Utc};
+use tenant_domain::billing::invoicing;
 use tenant_domain::billing::period::{self, Interval};
 use tenant_domain::billing::store::{self, LineKind, NewLine};
 use tenant_domain::billing::{CloseAccount, OpenAccount};
@@ -23,9 +24,8 @@ pub async fn open(
     key: &str,
 ) -> Result<(), StepError> {
     let interval = Interval::Month;
-    let price = plan.price(interval).map_err(|e| {
-        StepError::Permanent(format!("plan {} is priced in an {e}", plan.slug))
-    })?;
+    let price =
+        plan.price(interval).map_err(|e| StepError::Permanent(format!("plan {} is priced in an {e}", plan.slug)))?;
     let opened = DateTime::from_timestamp(opened.timestamp(), 0).unwrap_or(opened);
     let anchor = period::cycle_anchor(opened, ctx.config.billing.cycle_day);
     let first = period::first_period(anchor, interval, opened);
@@ -56,7 +56,7 @@ pub async fn open(
         None,
         &NewLine {
             kind: LineKind::Subscription,
-            description: subscription_description(plan, interval, first),
+            description: invoicing::subscription_description(plan, interval, first),
             resource: None,
             quantity: 1,
             amount: charge,
@@ -70,7 +70,13 @@ pub async fn open(
 }
 
 /// Reopens a restored tenant's account on the plan its row names, under its existing customer.
-pub async fn reopen(ctx: &JobContext, tenant: &Tenant, plan: Option<PlanId>, opened: DateTime<Utc>, key: &str) -> Result<(), StepError> {
+pub async fn reopen(
+    ctx: &JobContext,
+    tenant: &Tenant,
+    plan: Option<PlanId>,
+    opened: DateTime<Utc>,
+    key: &str,
+) -> Result<(), StepError> {
     let plan = plans::find(&ctx.db, &plan.unwrap_or(tenant.plan_id).to_string()).await?;
     open(ctx, tenant, &plan, opened, key).await
 }
@@ -93,15 +99,4 @@ pub async fn close(ctx: &JobContext, tenant: &Tenant, key: &str) -> Result<(), S
     store::mark_canceled(&mut tx, tenant.id).await?;
     tx.commit().await?;
     Ok(())
-}
-
-pub fn subscription_description(plan: &Plan, interval: Interval, period: period::Period) -> String {
-    format!(
-        "{} v{} ({}), {} – {}",
-        plan.name,
-        plan.version,
-        interval.adjective(),
-        period.start.format("%Y-%m-%d %H:%M UTC"),
-        period.end.format("%Y-%m-%d %H:%M UTC")
-    )
 }

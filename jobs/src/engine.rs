@@ -143,6 +143,8 @@ pub async fn run(ctx: &JobContext, kind: JobKind, id: JobId) -> Result<Outcome, 
         JobKind::RestoreTenant => run_saga::<crate::restore::Restore>(ctx, id).await,
         JobKind::QuotaRollup => run_saga::<crate::rollup::Rollup>(ctx, id).await,
         JobKind::DeliverEvent => run_saga::<crate::deliver::Deliver>(ctx, id).await,
+        JobKind::ChangePlan => run_saga::<crate::change_plan::ChangePlan>(ctx, id).await,
+        JobKind::BillingCycle => run_saga::<crate::billing_cycle::BillingCycle>(ctx, id).await,
     }
 }
 

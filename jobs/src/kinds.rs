@@ -10,15 +10,19 @@ pub enum JobKind {
     RestoreTenant,
     QuotaRollup,
     DeliverEvent,
+    ChangePlan,
+    BillingCycle,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 5] = [
+    pub const ALL: [JobKind; 7] = [
         JobKind::ProvisionTenant,
         JobKind::DeleteTenant,
         JobKind::RestoreTenant,
         JobKind::QuotaRollup,
         JobKind::DeliverEvent,
+        JobKind::ChangePlan,
+        JobKind::BillingCycle,
     ];
 
     /// The `kind` clients see on the job.
@@ -29,6 +33,8 @@ impl JobKind {
             JobKind::RestoreTenant => "restore_tenant",
             JobKind::QuotaRollup => "quota_rollup",
             JobKind::DeliverEvent => "deliver_event",
+            JobKind::ChangePlan => "change_plan",
+            JobKind::BillingCycle => "billing_cycle",
         }
     }
 
@@ -40,6 +46,8 @@ impl JobKind {
             JobKind::RestoreTenant => "restore_tenant:v1",
             JobKind::QuotaRollup => "quota_rollup:v1",
             JobKind::DeliverEvent => "deliver_event:v1",
+            JobKind::ChangePlan => "change_plan:v1",
+            JobKind::BillingCycle => "billing_cycle:v1",
         }
     }
 
@@ -54,6 +62,8 @@ impl JobKind {
             JobKind::RestoreTenant => crate::restore::STEPS,
             JobKind::QuotaRollup => crate::rollup::STEPS,
             JobKind::DeliverEvent => crate::deliver::STEPS,
+            JobKind::ChangePlan => crate::change_plan::STEPS,
+            JobKind::BillingCycle => crate::billing_cycle::STEPS,
         }
     }
 }

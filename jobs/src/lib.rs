@@ -12,6 +12,8 @@
 //! from job id + step, so resuming after a crash never does anything twice.
 
 pub mod account;
+pub mod billing_cycle;
+pub mod change_plan;
 pub mod context;
 pub mod delete;
 pub mod deliver;

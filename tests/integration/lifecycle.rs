@@ -79,8 +79,13 @@ async fn snapshot(app: &TestApp, tenant: &str) -> Value {
                 .expect("rows");
         out.insert(table.into(), Value::Array(rows));
     }
+    // A restored tenant keeps its customer, plan and anchor but is subscribed afresh (the old
+    // subscription was canceled at deletion), in a period that starts at the restore: the time it
+    // spent deleted is not billed.
     let billing: Vec<Value> = sqlx::query_scalar(
-        "select to_jsonb(t) - 'updated_at' - 'status' - 'canceled_at' from billing_accounts t where tenant_id = $1",
+        "select to_jsonb(t) - 'updated_at' - 'status' - 'canceled_at' - 'subscription_ref' \
+             - 'current_period_start' - 'current_period_end' - 'invoiced_through' \
+         from billing_accounts t where tenant_id = $1",
     )
     .bind(id)
     .fetch_all(&app.db)
@@ -259,6 +264,14 @@ async fn create_delete_and_restore_round_trip() {
     assert_eq!(body["data"]["status"], json!("active"));
     let after = snapshot(&app, &tenant).await;
     assert_eq!(before, after);
+    let (status, subscription): (String, Option<String>) =
+        sqlx::query_as("select status, subscription_ref from billing_accounts where tenant_id = $1")
+            .bind(Uuid::parse_str(&tenant).expect("uuid"))
+            .fetch_one(&app.db)
+            .await
+            .expect("account");
+    assert_eq!(status, "active");
+    assert!(subscription.is_some_and(|s| s.starts_with("sub_")), "subscribed again");
 
     // the tenant's jobs, newest first
     let (_, body) = app.get(&format!("/api/v1/tenants/{tenant}/jobs"), &token).await;

@@ -81,6 +81,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let background = [
         tokio::spawn(reconciler::run(ctx.clone())),
         tokio::spawn(scheduler::run(ctx.clone())),
+        tokio::spawn(scheduler::billing(ctx.clone())),
         tokio::spawn(scheduler::vacuum(ctx.clone())),
         tokio::spawn(alerts::run(ctx.clone())),
         tokio::spawn(relay::run(ctx.clone())),

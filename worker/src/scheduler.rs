@@ -1,5 +1,5 @@
-//! Periodic jobs. Every worker runs this ticker; a tick inserts its job row under a unique
-//! schedule key (`quota_rollup:<tick>`), so exactly one job exists per tick however many workers
+//! Periodic jobs (the quota rollup, the billing cycle). Every worker runs these tickers; a tick
+//! inserts its job row under a unique schedule key (`quota_rollup:<tick>`, `billing_cycle:<tick>`), so exactly one job exists per tick however many workers
 //! run, and only the worker whose insert won pushes it. (apalis-cron would fire on every replica,
 //! apalis#281.)
 //!
@@ -48,8 +48,17 @@ pub async fn vacuum_once(ctx: &JobContext, keep: Duration) -> anyhow::Result<Opt
     Ok(Some(ctx.queue.vacuum(keep).await?))
 }
 
+/// Enqueues one quota rollup per `ROLLUP_INTERVAL_SECS` tick.
 pub async fn run(ctx: JobContext) {
-    let interval = ctx.config.quota.rollup_interval;
+    tick_every(ctx.clone(), ctx.config.quota.rollup_interval, JobKind::QuotaRollup).await
+}
+
+/// Enqueues one billing cycle (period close and dunning) per `BILLING_CLOSE_INTERVAL_SECS` tick.
+pub async fn billing(ctx: JobContext) {
+    tick_every(ctx.clone(), ctx.config.billing.close_interval, JobKind::BillingCycle).await
+}
+
+async fn tick_every(ctx: JobContext, interval: Duration, kind: JobKind) {
     let mut shutdown = ctx.shutdown.clone();
     loop {
         let secs = interval.as_secs().max(1) as i64;
@@ -60,31 +69,37 @@ pub async fn run(ctx: JobContext) {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
-        if let Err(err) = enqueue_rollup(&ctx, next).await {
-            tracing::warn!(error = %err, "could not schedule the quota rollup");
+        if let Err(err) = enqueue_tick(&ctx, kind, next).await {
+            tracing::warn!(kind = kind.name(), error = %err, "could not schedule a periodic job");
         }
     }
 }
 
 /// Enqueues the rollup of tick `tick` (unix seconds) unless it exists; true if this call did.
 pub async fn enqueue_rollup(ctx: &JobContext, tick: i64) -> anyhow::Result<bool> {
+    enqueue_tick(ctx, JobKind::QuotaRollup, tick).await
+}
+
+/// Enqueues the periodic job `kind` of tick `tick` (unix seconds; its payload is `{at}`) unless
+/// it exists; true if this call did.
+pub async fn enqueue_tick(ctx: &JobContext, kind: JobKind, tick: i64) -> anyhow::Result<bool> {
     let at = chrono::DateTime::from_timestamp(tick, 0).unwrap_or_else(Utc::now);
     let delivery = Queue::new_delivery_id();
     let job = jobs::insert_scheduled(
         &ctx.db,
         NewJob {
             id: JobId::new_v7(),
-            kind: JobKind::QuotaRollup.name(),
+            kind: kind.name(),
             tenant: None,
             payload: json!({ "at": at }),
-            steps: JobKind::QuotaRollup.steps(),
+            steps: kind.steps(),
             max_attempts: ctx.config.jobs.max_attempts,
             delivery_id: delivery.clone(),
         },
-        &format!("quota_rollup:{tick}"),
+        &format!("{}:{tick}", kind.name()),
     )
     .await?;
     let Some(job) = job else { return Ok(false) };
-    ctx.queue.push(JobKind::QuotaRollup, job.id, &delivery, Duration::ZERO).await?;
+    ctx.queue.push(kind, job.id, &delivery, Duration::ZERO).await?;
     Ok(true)
 }

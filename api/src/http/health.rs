@@ -8,7 +8,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tenant_domain::billing::ProviderHealth;
 use tenant_domain::kv;
 
 const CHECK_DEADLINE: Duration = Duration::from_millis(1500);
@@ -28,8 +30,10 @@ pub struct Health {
 pub struct Dependencies {
     pub database: bool,
     pub redis: bool,
-    /// `not_configured` until Stripe is set up (local billing mode).
-    pub stripe: &'static str,
+    /// `up` or `down` from a real call to Stripe (at most one every 30 s), or `not_configured`
+    /// in local billing mode. Billing is not needed for reads and quota checks, so a Stripe outage
+    /// does not make the service unhealthy.
+    pub stripe: ProviderHealth,
     /// The job queue lives in Redis.
     pub queue: bool,
 }
@@ -54,7 +58,8 @@ pub async fn health(State(state): State<AppState>) -> Response {
         tokio::time::timeout(CHECK_DEADLINE, q).await.ok().and_then(Result::ok)
     };
     let mut redis = state.redis.clone();
-    let (active, redis_ok) = tokio::join!(db_check, kv::ping(&mut redis, CHECK_DEADLINE));
+    let (active, redis_ok, stripe) =
+        tokio::join!(db_check, kv::ping(&mut redis, CHECK_DEADLINE), state.billing_health.check(&state));
     let queue_depth = if redis_ok {
         tokio::time::timeout(CHECK_DEADLINE, state.queue.depth()).await.ok().and_then(Result::ok)
     } else {
@@ -65,7 +70,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         status: if database && redis_ok { "healthy" } else { "unhealthy" },
         service: state.config.service_name.clone(),
         version: env!("CARGO_PKG_VERSION"),
-        dependencies: Dependencies { database, redis: redis_ok, stripe: "not_configured", queue: redis_ok },
+        dependencies: Dependencies { database, redis: redis_ok, stripe, queue: redis_ok },
         metrics: HealthMetrics { active_tenants: active, queue_depth, cache_hit_rate: state.contexts.hit_rate() },
     };
     if database && redis_ok {
@@ -91,4 +96,25 @@ pub async fn health(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/livez", tag = "operations", responses((status = 200, description = "The process is up")))]
 pub async fn livez() -> Response {
     response::ok(serde_json::json!({ "status": "ok" }))
+}
+
+/// The payment provider's health, asked at most every [`PROVIDER_CHECK_EVERY`].
+#[derive(Default)]
+pub struct ProviderHealthCache(Mutex<Option<(Instant, ProviderHealth)>>);
+
+const PROVIDER_CHECK_EVERY: Duration = Duration::from_secs(30);
+
+impl ProviderHealthCache {
+    pub async fn check(&self, state: &AppState) -> ProviderHealth {
+        if let Some((at, health)) = self.0.lock().ok().and_then(|g| *g)
+            && at.elapsed() < PROVIDER_CHECK_EVERY
+        {
+            return health;
+        }
+        let health = tokio::time::timeout(CHECK_DEADLINE, state.billing.health()).await.unwrap_or(ProviderHealth::Down);
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some((Instant::now(), health));
+        }
+        health
+    }
 }

@@ -6,7 +6,7 @@
 //! payments and always succeed.
 
 use super::{
-    AccountRef, Billing, Charge, ChargeResult, ChargeStatus, ChangeSubscription, CloseAccount, OpenAccount,
+    AccountRef, Billing, ChangeSubscription, Charge, ChargeResult, ChargeStatus, CloseAccount, OpenAccount,
     ProviderHealth,
 };
 use crate::external::ExternalError;
@@ -34,7 +34,8 @@ impl LocalBilling {
         make: impl FnOnce() -> T,
     ) -> Result<T, ExternalError> {
         let fresh = make();
-        let value = serde_json::to_value(&fresh).map_err(|e| ExternalError::Permanent(format!("local billing: {e}")))?;
+        let value =
+            serde_json::to_value(&fresh).map_err(|e| ExternalError::Permanent(format!("local billing: {e}")))?;
         let stored: (String, Value) = sqlx::query_as(
             "with ins as ( \
                  insert into local_billing_requests (idempotency_key, operation, response) values ($1, $2, $3) \
@@ -77,9 +78,8 @@ impl Billing for LocalBilling {
 
     async fn open_account(&self, request: OpenAccount<'_>) -> Result<AccountRef, ExternalError> {
         // The same refusal Stripe gives a price in a currency it does not support.
-        Currency::parse(&request.plan.currency).map_err(|e| {
-            ExternalError::Permanent(format!("plan {} is priced in an {e}", request.plan.slug))
-        })?;
+        Currency::parse(&request.plan.currency)
+            .map_err(|e| ExternalError::Permanent(format!("plan {} is priced in an {e}", request.plan.slug)))?;
         let existing = request.existing_customer.map(str::to_owned);
         self.once(request.idempotency_key, "open_account", move || AccountRef {
             provider: "local".into(),

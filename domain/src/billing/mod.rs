@@ -9,10 +9,13 @@
 //! and creates nothing twice. The provider does not write our tables: the saga step that calls it
 //! stores the reference it returns.
 
+pub mod invoicing;
 pub mod local;
 pub mod period;
+pub mod plan_change;
 pub mod store;
 pub mod stripe;
+pub mod webhook;
 
 use crate::TenantId;
 use crate::external::ExternalError;
@@ -95,7 +98,9 @@ pub struct CardSummary {
 pub enum ChargeStatus {
     Succeeded,
     /// Declined or otherwise refused; the message is safe to show (no card data).
-    Failed { message: String },
+    Failed {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

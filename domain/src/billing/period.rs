@@ -116,7 +116,12 @@ pub fn next_period(anchor: DateTime<Utc>, interval: Interval, end: DateTime<Utc>
 
 /// The charge of the (possibly partial) `period` at `price` per interval: the price times the
 /// part of the whole period it covers.
-pub fn period_charge(price: Money, anchor: DateTime<Utc>, interval: Interval, period: Period) -> Result<Money, MoneyError> {
+pub fn period_charge(
+    price: Money,
+    anchor: DateTime<Utc>,
+    interval: Interval,
+    period: Period,
+) -> Result<Money, MoneyError> {
     let whole = period_containing(anchor, interval, period.start);
     if whole.start == period.start && whole.end == period.end {
         return Ok(price);
@@ -252,7 +257,13 @@ mod tests {
     }
 
     fn price(name: &str, amount: i64, interval: Interval) -> PriceRef {
-        PriceRef { plan_id: PlanId(uuid::Uuid::nil()), plan_name: name.into(), version: 1, interval, amount: usd(amount) }
+        PriceRef {
+            plan_id: PlanId(uuid::Uuid::nil()),
+            plan_name: name.into(),
+            version: 1,
+            interval,
+            amount: usd(amount),
+        }
     }
 
     fn amounts(p: &Proration) -> Vec<i64> {
@@ -444,6 +455,9 @@ mod tests {
     fn currencies_must_agree() {
         let mut eur = price("Pro", 9900, Interval::Month);
         eur.amount = Money::new(9900, Currency::parse("eur").unwrap());
-        assert!(prorate(&price("Basic", 2900, Interval::Month), &eur, jan().start, jan(), t("2026-01-11T00:00:00Z")).is_err());
+        assert!(
+            prorate(&price("Basic", 2900, Interval::Month), &eur, jan().start, jan(), t("2026-01-11T00:00:00Z"))
+                .is_err()
+        );
     }
 }

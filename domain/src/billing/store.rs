@@ -263,8 +263,10 @@ const INVOICE_COLUMNS: &str = "id, tenant_id, number, status, trim(currency) as 
 
 /// The tenant's invoices, newest first, with their lines; and the total count.
 pub async fn invoices(conn: &mut PgConnection, tenant: TenantId, page: u32, limit: u32) -> Result<(Vec<Invoice>, i64)> {
-    let total: i64 =
-        sqlx::query_scalar("select count(*) from invoices where tenant_id = $1").bind(tenant).fetch_one(&mut *conn).await?;
+    let total: i64 = sqlx::query_scalar("select count(*) from invoices where tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(&mut *conn)
+        .await?;
     let sql = format!(
         "select {INVOICE_COLUMNS} from invoices where tenant_id = $1 order by issued_at desc, id desc \
          limit $2 offset $3"
@@ -276,7 +278,9 @@ pub async fn invoices(conn: &mut PgConnection, tenant: TenantId, page: u32, limi
         .fetch_all(&mut *conn)
         .await?;
     let ids: Vec<Uuid> = list.iter().map(|i| i.id).collect();
-    let sql = format!("select {LINE_COLUMNS} from invoice_lines where invoice_id = any($1) order by kind desc, period_start, id");
+    let sql = format!(
+        "select {LINE_COLUMNS} from invoice_lines where invoice_id = any($1) order by kind desc, period_start, id"
+    );
     let lines: Vec<InvoiceLine> = sqlx::query_as(&sql).bind(&ids).fetch_all(&mut *conn).await?;
     for invoice in &mut list {
         invoice.lines = lines.iter().filter(|l| l.invoice_id == Some(invoice.id)).cloned().collect();
@@ -295,7 +299,8 @@ pub async fn invoice(conn: &mut PgConnection, tenant: TenantId, id: Uuid, lock: 
         .fetch_optional(&mut *conn)
         .await?
         .ok_or(Error::NotFound { code: "INVOICE_NOT_FOUND", what: "invoice" })?;
-    let sql = format!("select {LINE_COLUMNS} from invoice_lines where invoice_id = $1 order by kind desc, period_start, id");
+    let sql =
+        format!("select {LINE_COLUMNS} from invoice_lines where invoice_id = $1 order by kind desc, period_start, id");
     invoice.lines = sqlx::query_as(&sql).bind(id).fetch_all(&mut *conn).await?;
     Ok(invoice)
 }
@@ -498,6 +503,7 @@ pub struct PlanChange {
     pub from_interval: String,
     pub to_interval: String,
     pub proration_date: DateTime<Utc>,
+    pub old_anchor: DateTime<Utc>,
     pub old_period_start: DateTime<Utc>,
     pub old_period_end: DateTime<Utc>,
     pub new_anchor: DateTime<Utc>,
@@ -507,6 +513,7 @@ pub struct PlanChange {
     pub lines: Value,
     pub total_minor: i64,
     pub applied_at: Option<DateTime<Utc>>,
+    pub announced_at: Option<DateTime<Utc>>,
 }
 
 pub async fn plan_change(conn: &mut PgConnection, job: Uuid) -> Result<Option<PlanChange>> {

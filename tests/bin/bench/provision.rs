@@ -110,7 +110,7 @@ pub async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn admin_token(config: &Config) -> anyhow::Result<String> {
+pub fn admin_token(config: &Config) -> anyhow::Result<String> {
     let claims = tenant_api::http::auth::Claims {
         sub: "bench".into(),
         tenant_id: None,
