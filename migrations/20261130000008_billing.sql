@@ -176,6 +176,8 @@ create table local_billing_requests (
 
 grant select, insert, update on billing_accounts to tenant_app;
 grant select, insert, update on invoices, invoice_lines, payments, plan_changes to tenant_app;
+-- a plan change that is undone withdraws its pending lines
+grant delete on invoice_lines to tenant_app;
 
 alter table invoices enable row level security;
 create policy tenant_isolation on invoices

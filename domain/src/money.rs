@@ -102,11 +102,7 @@ impl Money {
     }
 
     pub fn checked_sub(self, other: Money) -> Result<Money, MoneyError> {
-        self.checked_add(other.neg())
-    }
-
-    pub fn neg(self) -> Money {
-        Money { amount: -self.amount, currency: self.currency }
+        self.checked_add(-other)
     }
 
     /// `self × numerator / denominator`, rounded half to even — the one rounding rule.
@@ -135,6 +131,14 @@ impl Money {
         let abs = self.amount.unsigned_abs();
         let sign = if self.amount < 0 { "-" } else { "" };
         format!("{sign}{}.{:0width$}", abs / div, abs % div, width = exp as usize)
+    }
+}
+
+impl std::ops::Neg for Money {
+    type Output = Money;
+
+    fn neg(self) -> Money {
+        Money { amount: -self.amount, currency: self.currency }
     }
 }
 
@@ -167,41 +171,44 @@ mod tests {
     use super::*;
 
     fn usd(amount: i64) -> Money {
-        Money::new(amount, Currency::parse("usd").unwrap())
+        Money::new(amount, Currency::parse("usd").expect("valid"))
     }
 
     #[test]
     fn rounds_half_to_even() {
-        assert_eq!(usd(25).scale(1, 2).unwrap().amount, 12);
-        assert_eq!(usd(35).scale(1, 2).unwrap().amount, 18);
-        assert_eq!(usd(-25).scale(1, 2).unwrap().amount, -12);
-        assert_eq!(usd(-35).scale(1, 2).unwrap().amount, -18);
-        assert_eq!(usd(10).scale(1, 3).unwrap().amount, 3);
-        assert_eq!(usd(20).scale(1, 3).unwrap().amount, 7);
-        assert_eq!(usd(-20).scale(1, 3).unwrap().amount, -7);
-        assert_eq!(usd(2900).scale(0, 7).unwrap().amount, 0);
+        assert_eq!(usd(25).scale(1, 2).expect("valid").amount, 12);
+        assert_eq!(usd(35).scale(1, 2).expect("valid").amount, 18);
+        assert_eq!(usd(-25).scale(1, 2).expect("valid").amount, -12);
+        assert_eq!(usd(-35).scale(1, 2).expect("valid").amount, -18);
+        assert_eq!(usd(10).scale(1, 3).expect("valid").amount, 3);
+        assert_eq!(usd(20).scale(1, 3).expect("valid").amount, 7);
+        assert_eq!(usd(-20).scale(1, 3).expect("valid").amount, -7);
+        assert_eq!(usd(2900).scale(0, 7).expect("valid").amount, 0);
     }
 
     #[test]
     fn large_products_do_not_overflow() {
         // 1e15 minor units × a year in seconds / a year in seconds
-        let m = usd(1_000_000_000_000_000).scale(31_536_000, 31_536_000).unwrap();
+        let m = usd(1_000_000_000_000_000).scale(31_536_000, 31_536_000).expect("valid");
         assert_eq!(m.amount, 1_000_000_000_000_000);
     }
 
     #[test]
     fn currencies_must_match_and_be_supported() {
-        let eur = Money::new(1, Currency::parse("EUR").unwrap());
+        let eur = Money::new(1, Currency::parse("EUR").expect("valid"));
         assert!(matches!(usd(1).checked_add(eur), Err(MoneyError::CurrencyMismatch(..))));
         assert!(Currency::parse("zzz").is_err());
-        assert_eq!(Currency::parse(" Usd ").unwrap().as_str(), "usd");
+        assert_eq!(Currency::parse(" Usd ").expect("valid").as_str(), "usd");
     }
 
     #[test]
     fn formats_by_exponent() {
         assert_eq!(usd(2900).decimal(), "29.00");
         assert_eq!(usd(-5).decimal(), "-0.05");
-        assert_eq!(Money::new(500, Currency::parse("jpy").unwrap()).decimal(), "500");
-        assert_eq!(serde_json::to_value(usd(2900)).unwrap(), serde_json::json!({"amount": 2900, "currency": "usd"}));
+        assert_eq!(Money::new(500, Currency::parse("jpy").expect("valid")).decimal(), "500");
+        assert_eq!(
+            serde_json::to_value(usd(2900)).expect("valid"),
+            serde_json::json!({"amount": 2900, "currency": "usd"})
+        );
     }
 }

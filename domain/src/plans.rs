@@ -533,7 +533,8 @@ mod draft_tests {
 
     #[test]
     fn bad_fields_are_named() {
-        let cases: [(fn(&mut PlanDraft), &str); 11] = [
+        type Spoil = fn(&mut PlanDraft);
+        let cases: [(Spoil, &str); 11] = [
             (|d| d.price_monthly = Some(-1), "priceMonthly"),
             (|d| d.price_yearly = Some(MAX_PRICE_MINOR + 1), "priceYearly"),
             (|d| d.currency = Some("xyz".into()), "currency"),

@@ -19,7 +19,7 @@ async fn success_is_enveloped() {
     assert_eq!(body["success"], json!(true));
     let slugs: Vec<&str> = body["data"].as_array().expect("list").iter().filter_map(|p| p["slug"].as_str()).collect();
     assert_eq!(slugs, ["free", "basic", "pro", "enterprise"]);
-    assert_eq!(body["data"][1]["priceMonthly"], json!("29.00"));
+    assert_eq!(body["data"][1]["priceMonthly"], json!({ "amount": 2900, "currency": "usd" }));
     assert_eq!(body["data"][0]["quotas"]["users"]["limit"], json!(5));
 }
 

@@ -1,11 +1,15 @@
 //! Integration tests: the real API against real PostgreSQL and Redis.
 
 mod auth;
+mod billing;
+mod billing_stripe;
+mod billing_webhooks;
 mod envelope;
 mod events;
 mod lifecycle;
 mod monitoring;
 mod operations;
+mod plans;
 mod quotas;
 mod recovery;
 mod rls;

@@ -7,6 +7,7 @@
 //! `redis://127.0.0.1:6379/`) a Redis. `scripts/test` sets both.
 
 pub mod http_peer;
+pub mod localstripe;
 pub mod redis_server;
 pub mod s3_peer;
 pub mod smtp_sink;

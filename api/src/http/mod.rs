@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod billing;
 pub mod billing_webhook;
 pub mod error;
 pub mod extract;
@@ -54,7 +55,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}", get(jobs::get))
         .route("/api/v1/jobs/{id}/events", get(jobs::events))
         .route("/api/v1/tenants/{id}/status", patch(tenants::set_status))
-        .route("/api/v1/plans", get(plans::list))
+        .route("/api/v1/plans", get(plans::list).post(plans::create))
+        .route("/api/v1/plans/{id}", get(plans::get).put(plans::update))
+        .route("/api/v1/tenants/{id}/billing", get(billing::show))
+        .route("/api/v1/tenants/{id}/billing/plans", post(billing::change_plan))
+        .route("/api/v1/tenants/{id}/invoices", get(billing::invoices))
+        .route("/api/v1/tenants/{id}/invoices/{invoice_id}", get(billing::invoice))
+        .route("/api/v1/tenants/{id}/payments", post(billing::pay))
         .route("/api/v1/metrics", get(monitoring::service))
         .route("/api/v1/tenants/{id}/metrics", get(monitoring::tenant))
         .route_layer(middleware::from_fn_with_state(state.clone(), idempotency::middleware))

@@ -28,6 +28,9 @@ use utoipa_swagger_ui::SwaggerUi;
         super::monitoring::tenant_health,
         super::jobs::list_for_tenant,
         super::plans::list,
+        super::plans::get,
+        super::plans::create,
+        super::plans::update,
         super::internal::validate,
         super::quotas::internal_check,
         super::quotas::public_check,
@@ -44,12 +47,19 @@ use utoipa_swagger_ui::SwaggerUi;
         super::features::internal,
         super::internal::context,
         super::audit::list,
+        super::billing::show,
+        super::billing::change_plan,
+        super::billing::invoices,
+        super::billing::invoice,
+        super::billing::pay,
+        super::billing_webhook::receive,
     ),
     modifiers(&Security, &StandardErrors),
     tags(
         (name = "tenants", description = "Tenants and their lifecycle"),
         (name = "jobs", description = "Asynchronous jobs and their progress"),
         (name = "plans", description = "Subscription plans"),
+        (name = "billing", description = "Billing: plan changes, invoices, payments, Stripe webhooks"),
         (name = "quotas", description = "Quota limits, checks and usage"),
         (name = "config", description = "Layered tenant configuration"),
         (name = "features", description = "Feature flags"),
@@ -96,7 +106,12 @@ impl Modify for StandardErrors {
                 .build()
         };
         for (path, item) in &mut openapi.paths.paths {
-            let public = path.starts_with("/api/v1/") && !path.ends_with("/health") && !path.ends_with("openapi.json");
+            // The Stripe webhook is authenticated by its signature and outside the idempotency
+            // layer: none of the token or Idempotency-Key answers apply to it.
+            let public = path.starts_with("/api/v1/")
+                && !path.ends_with("/health")
+                && !path.ends_with("openapi.json")
+                && !path.starts_with("/api/v1/billing/stripe/");
             let operations = [
                 (false, item.get.as_mut()),
                 (true, item.put.as_mut()),

@@ -198,7 +198,7 @@ pub fn prorate(
             old.interval.adjective(),
             at.format("%Y-%m-%d %H:%M:%S UTC")
         ),
-        amount: old.amount.scale(left, full)?.neg(),
+        amount: -old.amount.scale(left, full)?,
         period: remaining,
     };
     let (charge, new_anchor, new_period) = if old.interval == new.interval {
@@ -249,11 +249,11 @@ mod tests {
     use crate::money::Currency;
 
     fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(s).expect("valid").with_timezone(&Utc)
     }
 
     fn usd(amount: i64) -> Money {
-        Money::new(amount, Currency::parse("usd").unwrap())
+        Money::new(amount, Currency::parse("usd").expect("valid"))
     }
 
     fn price(name: &str, amount: i64, interval: Interval) -> PriceRef {
@@ -282,10 +282,13 @@ mod tests {
         let first = first_period(t("2026-01-01T00:00:00Z"), Interval::Month, t("2026-01-15T10:00:00Z"));
         assert_eq!(first, Period { start: t("2026-01-15T10:00:00Z"), end: t("2026-02-01T00:00:00Z") });
         // The partial first month at 29.00: 16 days 14 h of 31 days = 1 432 800 / 2 678 400 s.
-        let charge = period_charge(usd(2900), t("2026-01-01T00:00:00Z"), Interval::Month, first).unwrap();
+        let charge = period_charge(usd(2900), t("2026-01-01T00:00:00Z"), Interval::Month, first).expect("valid");
         assert_eq!(charge.amount, 1551); // 2900 × 1432800 / 2678400 = 1551.34…
         let whole = Period { start: t("2026-02-01T00:00:00Z"), end: t("2026-03-01T00:00:00Z") };
-        assert_eq!(period_charge(usd(2900), t("2026-01-01T00:00:00Z"), Interval::Month, whole).unwrap().amount, 2900);
+        assert_eq!(
+            period_charge(usd(2900), t("2026-01-01T00:00:00Z"), Interval::Month, whole).expect("valid").amount,
+            2900
+        );
     }
 
     #[test]
@@ -317,7 +320,7 @@ mod tests {
             jan(),
             t("2026-01-11T00:00:00Z"),
         )
-        .unwrap();
+        .expect("valid");
         // 2900 × 1814400 / 2678400 = 1964.516… → 1965; 9900 × … = 6706.45… → 6706
         assert_eq!(amounts(&p), vec![-1965, 6706]);
         assert_eq!(p.total.amount, 4741);
@@ -337,7 +340,7 @@ mod tests {
             feb,
             t("2026-02-15T12:00:00Z"),
         )
-        .unwrap();
+        .expect("valid");
         assert_eq!(FEB, feb.seconds());
         // 9900 × 1166400 / 2419200 = 4773.214… → 4773; 2900 × … = 1398.214… → 1398
         assert_eq!(amounts(&p), vec![-4773, 1398]);
@@ -353,7 +356,7 @@ mod tests {
             jan(),
             t("2026-01-01T00:00:00Z"),
         )
-        .unwrap();
+        .expect("valid");
         assert_eq!(amounts(&p), vec![-2900, 9900]);
     }
 
@@ -366,7 +369,7 @@ mod tests {
             jan(),
             t("2026-01-31T23:59:59Z"),
         )
-        .unwrap();
+        .expect("valid");
         // 2900 / 2678400 = 0.001 → 0 (credit of −0 is 0); 4 990 000 / 2 678 400 = 1.863 → 2
         assert_eq!(amounts(&p), vec![0, 2]);
         // the period end itself is outside the period
@@ -392,7 +395,7 @@ mod tests {
             jan(),
             at,
         )
-        .unwrap();
+        .expect("valid");
         assert_eq!(p.proration_date, t("2026-01-11T00:00:00Z"));
         assert_eq!(amounts(&p), vec![-1965, 6706]);
     }
@@ -408,7 +411,7 @@ mod tests {
             jan(),
             t("2026-01-11T00:00:00Z"),
         )
-        .unwrap();
+        .expect("valid");
         assert_eq!(amounts(&p), vec![-1965, 99_000]);
         assert_eq!(p.total.amount, 97_035);
         assert_eq!(p.new_anchor, t("2026-01-11T00:00:00Z"));
@@ -428,7 +431,7 @@ mod tests {
             year,
             t("2026-07-02T00:00:00Z"),
         )
-        .unwrap();
+        .expect("valid");
         assert_eq!(amounts(&p), vec![-49_636, 9900]);
         assert_eq!(p.total.amount, -39_736);
         assert_eq!(p.new_period, Period { start: t("2026-07-02T00:00:00Z"), end: t("2026-08-02T00:00:00Z") });
@@ -446,7 +449,7 @@ mod tests {
             first,
             t("2026-01-21T00:00:00Z"),
         )
-        .unwrap();
+        .expect("valid");
         // 2900 × 950400 / 2678400 = 1029.03 → 1029; 9900 × … = 3512.90 → 3513
         assert_eq!(amounts(&p), vec![-1029, 3513]);
     }
@@ -454,7 +457,7 @@ mod tests {
     #[test]
     fn currencies_must_agree() {
         let mut eur = price("Pro", 9900, Interval::Month);
-        eur.amount = Money::new(9900, Currency::parse("eur").unwrap());
+        eur.amount = Money::new(9900, Currency::parse("eur").expect("valid"));
         assert!(
             prorate(&price("Basic", 2900, Interval::Month), &eur, jan().start, jan(), t("2026-01-11T00:00:00Z"))
                 .is_err()
