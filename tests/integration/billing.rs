@@ -493,3 +493,113 @@ async fn local_failed_plan_change_moves_the_subscription_back() {
 async fn stripe_failed_plan_change_moves_the_subscription_back() {
     a_failed_plan_change_moves_the_subscription_back(Mode::Stripe).await;
 }
+
+/// A TCP proxy that holds every chunk a client sends for `delay` before relaying it, so each
+/// Stripe call (even on a kept-alive connection) takes at least that long and a kill can land
+/// between two calls of the billing step.
+async fn slow_proxy(upstream: u16, delay: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { return };
+                let (mut in_read, mut in_write) = inbound.into_split();
+                let (mut out_read, mut out_write) = outbound.into_split();
+                let forward = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = in_read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        tokio::time::sleep(delay).await;
+                        if out_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = out_write.shutdown().await;
+                };
+                let back = async move {
+                    let _ = tokio::io::copy(&mut out_read, &mut in_write).await;
+                };
+                tokio::join!(forward, back);
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn provisioning_killed_during_the_stripe_step_creates_one_customer_and_one_subscription() {
+    const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
+    let stripe = LocalStripe::start().await.expect("localstripe");
+    let proxy = slow_proxy(stripe.port, Duration::from_millis(250)).await;
+    let app = TestApp::spawn_with(|env| {
+        env.insert("STRIPE_SECRET_KEY".into(), tenant_tests::localstripe::SECRET_KEY.into());
+        env.insert("STRIPE_API_BASE".into(), format!("http://127.0.0.1:{proxy}"));
+    })
+    .await;
+    let mut worker = app.spawn_worker_process(WORKER);
+    let mut created = Vec::new();
+    for i in 0..4 {
+        created.push(crate::lifecycle::create(&app, &format!("killed-{i}"), "basic").await);
+    }
+    // Each time Stripe holds a customer that no account records yet (a billing step is between
+    // its calls), kill -9 the worker and start another: the retried step must find what the
+    // killed one made.
+    let mut kills = 0;
+    let until = Instant::now() + Duration::from_secs(60);
+    while kills < 3 && Instant::now() < until {
+        let recorded: i64 =
+            sqlx::query_scalar("select count(*) from billing_accounts").fetch_one(&app.db).await.expect("accounts");
+        let made = stripe.list("/v1/customers").await.expect("customers").len();
+        if made as i64 > recorded {
+            worker.kill().await;
+            kills += 1;
+            worker = app.spawn_worker_process(WORKER);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(kills, 3, "no kill landed inside a billing step");
+    for (tenant, job) in &created {
+        let job = app.wait_job(job, Duration::from_secs(90)).await;
+        assert_eq!(job["status"], json!("succeeded"), "{job}");
+        let id: tenant_domain::TenantId = tenant.parse().expect("tenant id");
+        let (customer, subscription): (String, Option<String>) =
+            sqlx::query_as("select customer_ref, subscription_ref from billing_accounts where tenant_id = $1")
+                .bind(id)
+                .fetch_one(&app.db)
+                .await
+                .expect("account");
+        let customers = stripe.customers_of(id).await.expect("customers");
+        let customers: Vec<&str> = customers.iter().filter_map(|c| c["id"].as_str()).collect();
+        assert_eq!(customers, vec![customer.as_str()], "one customer for {tenant}");
+        let subscriptions = stripe.subscriptions_of(id).await.expect("subscriptions");
+        let subscriptions: Vec<&str> = subscriptions.iter().filter_map(|s| s["id"].as_str()).collect();
+        assert_eq!(subscriptions, vec![subscription.as_deref().unwrap_or("-")], "one subscription for {tenant}");
+    }
+    drop(worker);
+}
+
+#[tokio::test]
+async fn health_reports_stripe_from_a_real_check() {
+    let stripe_of = |body: &Value| body["data"]["dependencies"]["stripe"].clone();
+    let local = BillingApp::start(Mode::Local).await;
+    let (status, body) = local.app.get("/health", "-").await;
+    assert_eq!((status, stripe_of(&body)), (StatusCode::OK, json!("not_configured")), "{body}");
+
+    let up = BillingApp::start(Mode::Stripe).await;
+    let (status, body) = up.app.get("/health", "-").await;
+    assert_eq!((status, stripe_of(&body)), (StatusCode::OK, json!("up")), "{body}");
+
+    // Nothing listens there: Stripe is down, which billing needs but reads and quota checks don't.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let down = TestApp::spawn_with(|env| {
+        env.insert("STRIPE_SECRET_KEY".into(), tenant_tests::localstripe::SECRET_KEY.into());
+        env.insert("STRIPE_API_BASE".into(), format!("http://127.0.0.1:{closed}"));
+    })
+    .await;
+    let (status, body) = down.get("/health", "-").await;
+    assert_eq!((status, stripe_of(&body)), (StatusCode::OK, json!("down")), "{body}");
+}
