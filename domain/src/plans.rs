@@ -357,12 +357,7 @@ fn or_base<T: Clone>(given: Option<T>, base: Option<&T>, field: &str) -> Result<
 }
 
 fn checked_slug(slug: String) -> Result<String> {
-    let b = slug.as_bytes();
-    let ok = (3..=50).contains(&b.len())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b.first() != Some(&b'-')
-        && b.last() != Some(&b'-');
-    if ok { Ok(slug) } else { Err(Error::validation("slug", "must match ^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$")) }
+    if crate::tenants::is_valid_slug(&slug) { Ok(slug) } else { Err(Error::validation("slug", "must match ^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$")) }
 }
 
 fn checked_name(raw: &str) -> Result<String> {

@@ -41,11 +41,21 @@ pub struct ListFilter {
     pub status: Option<TenantStatus>,
     /// Free text; every word must prefix-match the name, slug or domain.
     pub q: Option<String>,
+    /// Any version of a plan: tenants on every version of its family match.
     pub plan_id: Option<PlanId>,
     /// Restricts the list to one tenant (for callers that may only see their own).
     pub only: Option<TenantId>,
     pub page: u32,
     pub limit: u32,
+}
+
+/// The slug rule of tenants and plans: `^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$`.
+pub fn is_valid_slug(slug: &str) -> bool {
+    let b = slug.as_bytes();
+    (3..=50).contains(&b.len())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.first() != Some(&b'-')
+        && b.last() != Some(&b'-')
 }
 
 /// Turns free text into a prefix-matching `tsquery` (`acme corp` → `acme:* & corp:*`), dropping
@@ -65,7 +75,7 @@ pub async fn list(db: &PgPool, filter: &ListFilter) -> Result<(Vec<Tenant>, i64)
     let offset = i64::from(filter.page.saturating_sub(1)) * i64::from(filter.limit);
     let conditions = "($1::tenant_status_enum is null or status = $1) \
         and ($2::text is null or search @@ to_tsquery('simple', $2)) \
-        and ($3::uuid is null or plan_id = $3) \
+        and ($3::uuid is null or plan_id in (select v.id from subscription_plans v join subscription_plans p on p.family = v.family where p.id = $3)) \
         and ($4::uuid is null or id = $4)";
     let total: i64 = sqlx::query_scalar(&format!("select count(*) from tenants where {conditions}"))
         .bind(filter.status)

@@ -364,13 +364,9 @@ pub async fn pay(
             store::insert_payment(&mut tx, id, invoice.id, amount, &account.provider, key.0.as_deref()).await?
         }
     };
+    let invoice_number = store::invoice(&mut tx, id, payment.invoice_id, false).await?.number;
     tx.commit().await.map_err(Error::from)?;
 
-    let invoice_number = sqlx::query_scalar::<_, String>("select number from invoices where id = $1")
-        .bind(payment.invoice_id)
-        .fetch_one(&state.db)
-        .await
-        .map_err(Error::from)?;
     let currency = Currency::parse(&payment.currency).map_err(|e| ApiError::internal(anyhow::anyhow!("{e}")))?;
     let charged = state
         .billing

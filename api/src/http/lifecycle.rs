@@ -64,12 +64,11 @@ fn platform_only(user: &AuthUser) -> Result<()> {
 }
 
 pub fn validate_slug(slug: &str) -> Result<()> {
-    let bytes = slug.as_bytes();
-    let ok = (3..=50).contains(&bytes.len())
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes.first().is_some_and(|b| *b != b'-')
-        && bytes.last().is_some_and(|b| *b != b'-');
-    if ok { Ok(()) } else { Err(ApiError::field("slug", "must match ^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$")) }
+    if tenants::is_valid_slug(slug) {
+        Ok(())
+    } else {
+        Err(ApiError::field("slug", "must match ^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$"))
+    }
 }
 
 fn validate_email(raw: &str) -> Result<String> {

@@ -17,6 +17,11 @@
 //! (`plan_<version uuid>_<month|year>`, amount `Plan::price(interval)` in minor units) under a
 //! product `prod_<version uuid>` named after the plan; both are created on first use.
 //!
+//! **Who invoices.** This service issues the invoices (subscription, prorations, overage) and
+//! collects them with PaymentIntents; the Stripe subscription records the plan and interval (and
+//! Stripe's own proration at the same `proration_date`), with `collection_method=send_invoice` and
+//! collection paused with `behavior=void`, so Stripe never bills the subscription a second time.
+//!
 //! **Local fakes.** With a test key and an API base that is not Stripe's, the endpoint is taken
 //! for a local fake speaking an older API (localstripe 1.15): a subscription there needs a
 //! default payment method, so the customer gets Stripe's test card `pm_card_visa`, and the few
@@ -45,7 +50,8 @@ use stripe::{ApiErrorsType, Client, ClientBuilder, IdempotencyKey, RequestStrate
 use stripe_billing::plan::{CreatePlan, CreatePlanProduct, RetrievePlan};
 use stripe_billing::subscription::{
     CancelSubscription, CreateSubscription, CreateSubscriptionItems, ListSubscription, ListSubscriptionStatus,
-    RetrieveSubscription, UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior,
+    RetrieveSubscription, UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionPauseCollection,
+    UpdateSubscriptionPauseCollectionBehavior, UpdateSubscriptionProrationBehavior,
 };
 use stripe_billing::{PlanInterval, SubscriptionCollectionMethod};
 use stripe_client_core::StripeRequest;
@@ -355,6 +361,15 @@ impl Billing for StripeBilling {
                 made.id
             }
         };
+        if !self.fake {
+            // This service issues the invoices (subscription, prorations, overage) and collects
+            // them with PaymentIntents: Stripe's own invoices for the subscription are voided, so
+            // nothing is billed twice. The subscription still carries the plan and interval.
+            let pause = UpdateSubscription::new(subscription.as_str()).pause_collection(
+                UpdateSubscriptionPauseCollection::new(UpdateSubscriptionPauseCollectionBehavior::Void),
+            );
+            let _: Tagged = self.write(&pause, key, "pause-collection").await.map_err(classify)?;
+        }
         tracing::info!(tenant = %request.tenant, %customer, %subscription, "Stripe account opened");
         Ok(AccountRef { provider: "stripe".into(), customer_ref: customer, subscription_ref: Some(subscription) })
     }
@@ -738,6 +753,54 @@ mod tests {
         assert_eq!(short.ok().flatten().as_deref(), Some("job-1:open:customer"));
         let long = idempotent(&"k".repeat(300), "customer").map(|s| s.get_key().map(|k| k.into_inner()));
         assert!(long.ok().flatten().is_some_and(|k| k.starts_with("sha256:") && k.len() <= 255));
+    }
+
+    /// What goes on the wire for a write: the key as `Idempotency-Key`, the secret only in
+    /// `Authorization`. (localstripe ignores the header, so this reads the request itself.)
+    #[tokio::test]
+    async fn writes_send_the_idempotency_key() {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let peer = std::thread::spawn(move || {
+            let (socket, _) = listener.accept().expect("accept");
+            let mut reader = BufReader::new(socket.try_clone().expect("clone"));
+            let mut head = String::new();
+            while !head.ends_with("\r\n\r\n") {
+                reader.read_line(&mut head).expect("read");
+            }
+            let length = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).expect("body");
+            let reply = r#"{"id":"cus_1","object":"customer","metadata":{}}"#;
+            let mut socket = socket;
+            write!(
+                socket,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
+                reply.len()
+            )
+            .expect("write");
+            (head, String::from_utf8_lossy(&body).into_owned())
+        });
+        let settings = StripeSettings {
+            secret_key: crate::Secret::new("sk_test_wire".into()),
+            api_base: Some(format!("http://{addr}")),
+        };
+        let billing = StripeBilling::new(&settings).expect("client");
+        let made: Tagged =
+            billing.write(&CreateCustomer::new().name("Acme"), "job-7:open", "customer").await.expect("sent");
+        assert_eq!(made.id, "cus_1");
+        let (head, body) = peer.join().expect("peer");
+        let head = head.to_ascii_lowercase();
+        assert!(head.starts_with("post /v1/customers "), "{head}");
+        assert!(head.contains("\r\nidempotency-key: job-7:open:customer\r\n"), "{head}");
+        assert_eq!(head.matches("sk_test_wire").count(), 1, "{head}");
+        assert!(head.contains("\r\nauthorization: bearer sk_test_wire\r\n"), "{head}");
+        assert_eq!(body, "name=Acme");
     }
 
     #[test]
