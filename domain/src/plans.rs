@@ -357,7 +357,11 @@ fn or_base<T: Clone>(given: Option<T>, base: Option<&T>, field: &str) -> Result<
 }
 
 fn checked_slug(slug: String) -> Result<String> {
-    if crate::tenants::is_valid_slug(&slug) { Ok(slug) } else { Err(Error::validation("slug", "must match ^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$")) }
+    if crate::tenants::is_valid_slug(&slug) {
+        Ok(slug)
+    } else {
+        Err(Error::validation("slug", "must match ^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$"))
+    }
 }
 
 fn checked_name(raw: &str) -> Result<String> {
