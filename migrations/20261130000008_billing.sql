@@ -95,7 +95,8 @@ create table invoice_lines (
     id            uuid primary key,
     tenant_id     uuid not null references tenants (id) on delete cascade,
     invoice_id    uuid references invoices (id) on delete cascade,
-    kind          varchar(16) not null check (kind in ('subscription', 'proration', 'overage')),
+    -- `credit`: a negative total carried to the next invoice (as Stripe's customer balance does)
+    kind          varchar(16) not null check (kind in ('subscription', 'proration', 'overage', 'credit')),
     description   text not null,
     resource      varchar(50),
     quantity      bigint not null default 1,

@@ -603,3 +603,42 @@ async fn health_reports_stripe_from_a_real_check() {
     let (status, body) = down.get("/health", "-").await;
     assert_eq!((status, stripe_of(&body)), (StatusCode::OK, json!("down")), "{body}");
 }
+
+#[tokio::test]
+async fn a_negative_total_is_carried_to_the_next_invoice() {
+    let b = BillingApp::start(Mode::Local).await;
+    let _worker = b.app.spawn_worker();
+    let tenant = b.active_tenant("acme-credit", "basic").await;
+    let id = Uuid::parse_str(&tenant).expect("uuid");
+    end_period_with_overage(&b.app, &tenant).await;
+    // A credit larger than everything else on the invoice (a big downgrade, say).
+    sqlx::query(
+        "insert into invoice_lines (id, tenant_id, kind, description, amount_minor, currency, period_start, \
+             period_end, source_key) \
+         values (gen_random_uuid(), $1, 'proration', 'Unused time on Enterprise', -100000, 'usd', now(), now(), 'test')",
+    )
+    .bind(id)
+    .execute(&b.app.db)
+    .await
+    .expect("credit");
+    let until = Instant::now() + DEADLINE;
+    let invoice = loop {
+        let (_, body) = b.app.get(&format!("/api/v1/tenants/{tenant}/invoices"), &b.app.admin_token()).await;
+        if let Some(invoice) = body["data"].as_array().and_then(|a| a.first()) {
+            break invoice.clone();
+        }
+        assert!(Instant::now() < until, "no invoice issued");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((invoice["total"].clone(), invoice["status"].clone()), (json!(0), json!("paid")), "{invoice}");
+    let lines = invoice["lines"].as_array().expect("lines");
+    let charged: i64 = lines.iter().filter(|l| l["kind"] != json!("credit")).filter_map(|l| l["amount"].as_i64()).sum();
+    assert!(charged < 0, "{invoice}");
+    let carried: Vec<i64> =
+        lines.iter().filter(|l| l["kind"] == json!("credit")).filter_map(|l| l["amount"].as_i64()).collect();
+    assert_eq!(carried, vec![-charged]);
+    // The next invoice starts with the credit.
+    let upcoming = b.billing(&tenant).await["upcomingInvoice"].clone();
+    let credit = upcoming["lines"].as_array().expect("lines").iter().find(|l| l["kind"] == json!("credit")).cloned();
+    assert_eq!(credit.expect("carried credit")["amount"]["amount"].as_i64(), Some(charged), "{upcoming}");
+}

@@ -93,7 +93,7 @@ pub struct UpcomingInvoice {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EstimateLine {
-    /// `subscription`, `proration` or `overage`.
+    /// `subscription`, `proration`, `overage` or `credit`.
     pub kind: String,
     pub description: String,
     pub resource: Option<String>,

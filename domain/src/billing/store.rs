@@ -156,6 +156,8 @@ pub enum LineKind {
     Subscription,
     Proration,
     Overage,
+    /// A negative total carried from one invoice to the next.
+    Credit,
 }
 
 impl LineKind {
@@ -164,6 +166,7 @@ impl LineKind {
             LineKind::Subscription => "subscription",
             LineKind::Proration => "proration",
             LineKind::Overage => "overage",
+            LineKind::Credit => "credit",
         }
     }
 }
@@ -211,7 +214,7 @@ pub struct InvoiceLine {
     pub id: Uuid,
     #[serde(skip)]
     pub invoice_id: Option<Uuid>,
-    /// `subscription`, `proration` or `overage`.
+    /// `subscription`, `proration`, `overage` or `credit`.
     pub kind: String,
     pub description: String,
     /// The resource of an overage line.
@@ -339,6 +342,28 @@ pub async fn issue_invoice(
         .await?;
     for line in lines {
         add_line(conn, tenant, Some(id), line).await?;
+    }
+    // A negative total (credits beyond the charges) is not lost: it is carried to the next
+    // invoice, as Stripe keeps it on the customer's balance.
+    let sum: i64 =
+        sqlx::query_scalar("select coalesce(sum(amount_minor), 0)::bigint from invoice_lines where invoice_id = $1")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+    if sum < 0 {
+        let credit = Money::new(sum, currency);
+        let carry = |amount: Money, description: String, key: &str| NewLine {
+            kind: LineKind::Credit,
+            description,
+            resource: None,
+            quantity: 1,
+            amount,
+            period,
+            source_key: format!("{id}:{key}"),
+        };
+        add_line(conn, tenant, Some(id), &carry(-credit, "Credit carried to the next invoice".into(), "carry-out"))
+            .await?;
+        add_line(conn, tenant, None, &carry(credit, format!("Credit carried over from {number}"), "carry-in")).await?;
     }
     sqlx::query(
         "update invoices set total_minor = (select coalesce(sum(amount_minor), 0) from invoice_lines where invoice_id = $1), \
