@@ -2,10 +2,11 @@
 //! plan at once — 100 concurrent `POST /api/v1/tenants/{id}/billing/plans` against the API with
 //! 2 worker processes — until every `change_plan` job succeeded; jobs/s and request→done latency
 //! percentiles. Reference, same run: the same 100 sagas run by the engine in-process with the same
-//! total concurrency, without HTTP, Redis delivery or a second process. Local billing (no Stripe
-//! key), as `scripts/dev` runs it.
+//! total concurrency, without HTTP, Redis delivery or a second process. The service runs with the
+//! settings Compose uses (`RUST_LOG=info`, `LOG_FORMAT=json`; its log goes to a file) and local
+//! billing (no Stripe key).
 
-use crate::processes::{self, spawn};
+use crate::processes::{self, spawn_logged};
 use crate::stats::{ms, summarize};
 use serde_json::json;
 use std::sync::Arc;
@@ -31,6 +32,9 @@ pub async fn run() -> anyhow::Result<()> {
     let (database_url, mut env, port) = processes::api_env().await?;
     env.insert("WORKER_CONCURRENCY".into(), concurrency.to_string());
     env.insert("TENANT_DB_POOL_SIZE".into(), "20".into());
+    env.insert("RUST_LOG".into(), "info".into());
+    env.insert("LOG_FORMAT".into(), "json".into());
+    let log = std::path::Path::new(&tenant_tests::scratch_dir("bench")).join("service.log");
     for k in [
         "JOB_LEASE_SECS",
         "JOB_BACKOFF_BASE_MS",
@@ -42,10 +46,11 @@ pub async fn run() -> anyhow::Result<()> {
     ] {
         env.remove(k);
     }
-    let api = spawn("tenant-api", &["serve"], &env)?;
+    let api = spawn_logged("tenant-api", &["serve"], &env, &log)?;
     let base = format!("http://127.0.0.1:{port}");
     processes::wait_ready(&format!("{base}/health")).await?;
-    let workers: Vec<_> = (0..WORKERS).map(|_| spawn("tenant-worker", &[], &env)).collect::<Result<_, _>>()?;
+    let workers: Vec<_> =
+        (0..WORKERS).map(|_| spawn_logged("tenant-worker", &[], &env, &log)).collect::<Result<_, _>>()?;
     let config = Config::from_lookup(|k| env.get(k).cloned())?;
     let db = sqlx::PgPool::connect(&database_url).await?;
     let token = crate::provision::admin_token(&config)?;
@@ -128,6 +133,7 @@ pub async fn run() -> anyhow::Result<()> {
     println!("all {TENANTS} plan changes answered 202 within {}; all {TENANTS} jobs succeeded", ms(accepted_after));
     println!("latency = job created → job succeeded (server clocks); {} samples", service.count);
     println!("ratio service/reference jobs/s: {:.2}", rate(TENANTS, wall) / rate(TENANTS, reference.0));
+    println!("service settings: RUST_LOG=info LOG_FORMAT=json (as Compose), log in {}", log.display());
     processes::print_peak_memory(&memory.iter().map(|(n, b)| (n.as_str(), *b)).collect::<Vec<_>>());
     Ok(())
 }

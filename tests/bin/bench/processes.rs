@@ -26,6 +26,25 @@ pub fn spawn(name: &str, args: &[&str], env: &HashMap<String, String>) -> anyhow
         .spawn()?)
 }
 
+/// Like [`spawn`], with the process's log (stderr) written to `log` instead of the terminal.
+pub fn spawn_logged(
+    name: &str,
+    args: &[&str],
+    env: &HashMap<String, String>,
+    log: &std::path::Path,
+) -> anyhow::Result<Child> {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    Ok(Command::new(binary(name)?)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
