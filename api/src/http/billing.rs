@@ -37,7 +37,7 @@ pub struct BillingView {
     pub tenant_id: TenantId,
     /// `local` or `stripe`.
     pub provider: String,
-    pub plan: PlanSummary,
+    pub plan: BillingPlan,
     pub interval: Interval,
     /// `active`, `past_due` or `canceled`.
     pub status: String,
@@ -55,7 +55,7 @@ pub struct BillingView {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct PlanSummary {
+pub struct BillingPlan {
     pub id: tenant_domain::PlanId,
     pub family: tenant_domain::PlanId,
     pub slug: String,
@@ -90,7 +90,7 @@ pub async fn show(
     Ok(response::ok(BillingView {
         tenant_id: id,
         provider: account.provider.clone(),
-        plan: PlanSummary {
+        plan: BillingPlan {
             id: plan.id,
             family: plan.family,
             slug: plan.slug.clone(),

@@ -61,6 +61,7 @@ impl Interval {
 /// `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = BillingPeriod)]
 pub struct Period {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,

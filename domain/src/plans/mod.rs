@@ -109,6 +109,10 @@ pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Plan>> {
 /// A plan version by its id, or the current version by slug (the API accepts either).
 pub async fn find(db: impl PgExecutor<'_>, id_or_slug: &str) -> Result<Plan> {
     let id = id_or_slug.parse::<uuid::Uuid>().ok();
+    // Neither an id nor a slug can name no plan (and never reaches the database).
+    if id.is_none() && !crate::tenants::is_valid_slug(id_or_slug) {
+        return Err(Error::plan_not_found());
+    }
     let sql = format!(
         "select {COLUMNS} from subscription_plans \
          where id = $1 or ($1 is null and slug = $2 and superseded_at is null)"
@@ -120,6 +124,9 @@ pub async fn find(db: impl PgExecutor<'_>, id_or_slug: &str) -> Result<Plan> {
 /// locked for an update.
 pub async fn current_for_update(conn: &mut PgConnection, id_or_slug: &str) -> Result<Plan> {
     let id = id_or_slug.parse::<uuid::Uuid>().ok();
+    if id.is_none() && !crate::tenants::is_valid_slug(id_or_slug) {
+        return Err(Error::plan_not_found());
+    }
     let sql = format!(
         "select {COLUMNS} from subscription_plans where superseded_at is null and family = \
              (select family from subscription_plans where id = $1 or ($1 is null and slug = $2) limit 1) \
