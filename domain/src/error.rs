@@ -66,9 +66,39 @@ impl Error {
         Error::Database(err)
     }
 
-    /// True for failures of PostgreSQL or Redis themselves (down, timed out), which a caller may
-    /// retry, as opposed to business outcomes.
+    /// True for failures of PostgreSQL or Redis themselves (down, timed out, a serialization
+    /// conflict), which a caller may retry, as opposed to business outcomes and to errors in the
+    /// request itself (see [`db_is_transient`]).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Database(_) | Error::Redis(_))
+        match self {
+            Error::Database(err) => db_is_transient(err),
+            Error::Redis(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether a PostgreSQL failure may pass when tried again — the one place this is decided.
+///
+/// Transient: the connection, the pool or TLS failed, or the server answered with a class that
+/// means "not now": 08 connection exception, 40 transaction rollback (serialization failure,
+/// deadlock), 53 insufficient resources, 55P03 lock not available, 57 operator intervention
+/// (shutdown, cancelled statement), 58 system error. Permanent: everything about the request
+/// itself — 23 integrity constraint, 42 syntax or access rule (a row-level-security policy
+/// refusing a row included), 22 data exception, a raised exception — and decoding errors, which
+/// would fail the same way on every attempt.
+pub fn db_is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => code == "55P03" || matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58")),
+            None => true,
+        },
+        _ => false,
     }
 }

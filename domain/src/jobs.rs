@@ -78,10 +78,13 @@ pub struct Job {
     pub payload: Value,
     #[serde(skip)]
     pub phase: String,
+    /// Deliveries that claimed the job (attempts and compensation runs alike).
+    #[serde(skip)]
+    pub claims: i32,
 }
 
 const COLUMNS: &str = "id, kind, status, tenant_id, attempts, max_attempts, steps, result, error, \
-    next_attempt_at, created_at, updated_at, finished_at, payload, phase";
+    next_attempt_at, created_at, updated_at, finished_at, payload, phase, claims";
 
 pub struct NewJob<'a> {
     pub id: JobId,
@@ -174,15 +177,25 @@ pub async fn record_dispatch(db: impl PgExecutor<'_>, id: JobId, delivery_id: &s
     Ok(())
 }
 
-/// Takes the lease on a job that is due (queued or retrying), or whose previous holder's lease
-/// ran out. `None`: finished, not due yet, or leased by a live worker.
+/// Takes the lease on a job that is due (queued or retrying). `None`: finished, not due yet, or
+/// leased (a job whose holder died waits for the reconciler, which makes it due again after its
+/// backoff).
+///
+/// The attempt cap is enforced here, whatever ended the earlier attempts: a claim made when every
+/// attempt is used up (the last one's worker died) does not start another attempt but moves the
+/// job to compensation, with `ATTEMPTS_EXHAUSTED` as its error.
 pub async fn claim(db: &PgPool, id: JobId, owner: &str, lease: Duration) -> Result<Option<Job>> {
     Ok(sqlx::query_as(&format!(
         "update jobs set status = 'running', lease_owner = $2, lease_expires_at = now() + $3, \
-             attempts = attempts + 1, updated_at = now() \
-         where id = $1 and ( \
-             (status in ('queued', 'retrying') and next_attempt_at <= now()) \
-             or (status = 'running' and lease_expires_at < now())) \
+             claims = claims + 1, \
+             attempts = case when attempts < max_attempts then attempts + 1 else attempts end, \
+             phase = case when attempts >= max_attempts then 'compensating' else phase end, \
+             error = case when attempts >= max_attempts and phase = 'forward' then jsonb_build_object( \
+                 'code', 'ATTEMPTS_EXHAUSTED', \
+                 'message', 'gave up after ' || attempts || ' attempts: the worker running it stopped each time') \
+                 else error end, \
+             updated_at = now() \
+         where id = $1 and status in ('queued', 'retrying') and next_attempt_at <= now() \
          returning {COLUMNS}"
     ))
     .bind(id)
@@ -374,16 +387,24 @@ pub struct Undelivered {
     pub id: JobId,
     pub kind: String,
     pub delivery_id: Option<String>,
+    /// When to deliver it (after the backoff of an expired lease; now for a lost delivery).
+    pub due_in: sqlx::postgres::types::PgInterval,
 }
 
-/// Jobs stuck `running` whose lease ran out (their worker died): back to `retrying`.
-pub async fn expire_leases(db: impl PgExecutor<'_>) -> Result<Vec<Undelivered>> {
+/// Jobs stuck `running` whose lease ran out (their worker died): back to `retrying`, due after
+/// the job's backoff (`base × 2^(attempts−1)`, at most `max`, with jitter: 50–100 % of it), not at
+/// once — a step that kills its worker must not be re-run in a tight loop.
+pub async fn expire_leases(db: impl PgExecutor<'_>, base: Duration, max: Duration) -> Result<Vec<Undelivered>> {
     Ok(sqlx::query_as(
         "update jobs set status = 'retrying', lease_owner = null, lease_expires_at = null, \
-             next_attempt_at = now(), updated_at = now() \
+             next_attempt_at = now() + make_interval(secs => \
+                 least($1 * power(2, greatest(attempts - 1, 0)), $2) * (0.5 + random() / 2)), \
+             updated_at = now() \
          where status = 'running' and lease_expires_at < now() \
-         returning id, kind, delivery_id",
+         returning id, kind, delivery_id, greatest(next_attempt_at - now(), interval '0') as due_in",
     )
+    .bind(base.as_secs_f64())
+    .bind(max.as_secs_f64())
     .fetch_all(db)
     .await?)
 }
@@ -391,7 +412,7 @@ pub async fn expire_leases(db: impl PgExecutor<'_>) -> Result<Vec<Undelivered>> 
 /// Due jobs whose latest delivery is older than `stale` (the caller checks Redis still holds it).
 pub async fn due_and_stale(db: impl PgExecutor<'_>, stale: Duration, limit: i64) -> Result<Vec<Undelivered>> {
     Ok(sqlx::query_as(
-        "select id, kind, delivery_id from jobs \
+        "select id, kind, delivery_id, interval '0' as due_in from jobs \
          where status in ('queued', 'retrying') and next_attempt_at <= now() \
            and coalesce(dispatched_at, created_at) < now() - $1 \
          order by next_attempt_at limit $2",

@@ -28,27 +28,34 @@ pub enum StepError {
 
 impl From<tenant_domain::Error> for StepError {
     fn from(err: tenant_domain::Error) -> Self {
-        if err.is_transient() {
-            StepError::Transient(format!("{err}: {}", source_text(&err)))
-        } else {
-            StepError::Permanent(err.to_string())
+        match err {
+            tenant_domain::Error::Database(err) => err.into(),
+            tenant_domain::Error::Redis(err) => err.into(),
+            // Business outcomes: their messages are written for clients.
+            err => StepError::Permanent(err.to_string()),
         }
     }
 }
 
-fn source_text(err: &dyn std::error::Error) -> String {
-    err.source().map(|s| s.to_string()).unwrap_or_default()
-}
-
+/// Store failures are classified once (`tenant_domain::error::db_is_transient`); what PostgreSQL
+/// said is logged here, inside the job's span (job id, kind, attempt), and never written to the
+/// job or the tenant, which clients read: they get a short message that names no internals.
 impl From<sqlx::Error> for StepError {
     fn from(err: sqlx::Error) -> Self {
-        StepError::Transient(format!("database: {err}"))
+        if tenant_domain::error::db_is_transient(&err) {
+            tracing::warn!(error = %err, "a job step met a database failure; will retry");
+            StepError::Transient("the database is unavailable".into())
+        } else {
+            tracing::error!(error = %err, "the database refused a job step");
+            StepError::Permanent("the database refused the change (details in the service log)".into())
+        }
     }
 }
 
 impl From<redis::RedisError> for StepError {
     fn from(err: redis::RedisError) -> Self {
-        StepError::Transient(format!("redis: {err}"))
+        tracing::warn!(error = %err, "a job step met a Redis failure; will retry");
+        StepError::Transient("Redis is unavailable".into())
     }
 }
 
@@ -65,7 +72,10 @@ impl From<tenant_domain::quota::engine::QuotaError> for StepError {
     fn from(err: tenant_domain::quota::engine::QuotaError) -> Self {
         match err {
             tenant_domain::quota::engine::QuotaError::Store(e) => e.into(),
-            other => StepError::Transient(format!("quota store: {other}")),
+            other => {
+                tracing::warn!(error = %other, "a job step met a quota store failure; will retry");
+                StepError::Transient("the quota store is unavailable".into())
+            }
         }
     }
 }
@@ -137,6 +147,19 @@ pub struct EngineError(#[from] tenant_domain::Error);
 
 /// Runs one delivery of job `id`, whatever its kind.
 pub async fn run(ctx: &JobContext, kind: JobKind, id: JobId) -> Result<Outcome, EngineError> {
+    use tracing::Instrument;
+    // Every line logged while this delivery runs (steps, store failures) carries these fields.
+    let span = tracing::info_span!(
+        "job",
+        job_id = %id,
+        kind = kind.name(),
+        tenant_id = tracing::field::Empty,
+        attempt = tracing::field::Empty
+    );
+    dispatch(ctx, kind, id).instrument(span).await
+}
+
+async fn dispatch(ctx: &JobContext, kind: JobKind, id: JobId) -> Result<Outcome, EngineError> {
     match kind {
         JobKind::ProvisionTenant => run_saga::<crate::provision::Provision>(ctx, id).await,
         JobKind::DeleteTenant => run_saga::<crate::delete::Delete>(ctx, id).await,
@@ -227,7 +250,23 @@ async fn run_saga<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, Engin
     let keeper = LeaseKeeper::start(ctx, id);
     ctx.progress.announce(id).await; // claimed: now running
     let lease = Lease { db: &ctx.db, id, owner: &ctx.worker_id, progress: &ctx.progress };
-    tracing::info!(job = %id, kind = S::KIND.name(), attempt = job.attempts, "job claimed");
+    let span = tracing::Span::current();
+    span.record("attempt", job.attempts);
+    if let Some(tenant) = job.tenant_id {
+        span.record("tenant_id", tracing::field::display(tenant));
+    }
+    tracing::info!(claims = job.claims, phase = %job.phase, "job claimed");
+    // A job whose deliveries keep dying (a step that crashes or hangs its worker) was moved to
+    // compensation by the claim once its attempts ran out; if even that keeps dying, stop.
+    if job.claims > 2 * job.max_attempts + 1 {
+        let error = json!({
+            "code": "ABANDONED",
+            "message": format!("abandoned after {} deliveries died; needs an operator", job.claims - 1),
+        });
+        lease.finish(JobStatus::Failed, None, Some(&error)).await?;
+        tracing::error!(claims = job.claims, "job abandoned: every delivery died");
+        return Ok(Outcome::Failed);
+    }
 
     let saga = match S::load(ctx, &job).await {
         Ok(saga) => saga,
@@ -235,9 +274,9 @@ async fn run_saga<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, Engin
             return retry(ctx, S::KIND, &lease, &job, None, &message).await;
         }
         Err(StepError::Transient(message) | StepError::Permanent(message)) => {
-            let error = json!({ "message": message });
+            let error = json!({ "code": "CANNOT_RUN", "message": message });
             lease.finish(JobStatus::Failed, None, Some(&error)).await?;
-            tracing::error!(job = %id, %message, "job cannot run");
+            tracing::error!(%message, "job cannot run");
             return Ok(Outcome::Failed);
         }
     };
@@ -258,6 +297,8 @@ async fn run_saga<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, Engin
             if !lease.step_started(index).await? {
                 return Ok(Outcome::LeaseLost);
             }
+            tracing::info!(step = name, "step started");
+            test_hooks::before_step(S::KIND, name);
             let result = saga.run(ctx, name).await;
             match result {
                 Ok(()) => {
@@ -265,23 +306,25 @@ async fn run_saga<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, Engin
                         return Ok(Outcome::LeaseLost);
                     }
                     set_status(&mut steps, index, StepStatus::Succeeded);
-                    tracing::info!(job = %id, step = name, "step succeeded");
+                    tracing::info!(step = name, "step succeeded");
                 }
                 Err(StepError::Transient(message)) if job.attempts < job.max_attempts => {
                     lease.step_finished(index, StepStatus::Failed, Some(&message)).await?;
                     return retry(ctx, S::KIND, &lease, &job, Some(name), &message).await;
                 }
                 Err(err) => {
-                    let message = match err {
-                        StepError::Transient(m) => format!("gave up after {} attempts: {m}", job.attempts),
-                        StepError::Permanent(m) => m,
+                    let (code, message) = match err {
+                        StepError::Transient(m) => {
+                            ("ATTEMPTS_EXHAUSTED", format!("gave up after {} attempts: {m}", job.attempts))
+                        }
+                        StepError::Permanent(m) => ("STEP_FAILED", m),
                     };
-                    tracing::warn!(job = %id, step = name, %message, "step failed for good; compensating");
+                    tracing::warn!(step = name, %message, "step failed for good; compensating");
                     if !lease.step_finished(index, StepStatus::Failed, Some(&message)).await? {
                         return Ok(Outcome::LeaseLost);
                     }
                     set_status(&mut steps, index, StepStatus::Failed);
-                    let error = json!({ "message": message, "step": name });
+                    let error = json!({ "code": code, "message": message, "step": name });
                     if !lease.start_compensating(&error).await? {
                         return Ok(Outcome::LeaseLost);
                     }
@@ -291,7 +334,7 @@ async fn run_saga<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, Engin
         }
         let result = saga.result();
         lease.finish(JobStatus::Succeeded, Some(&result), None).await?;
-        tracing::info!(job = %id, kind = S::KIND.name(), "job succeeded");
+        tracing::info!("job succeeded");
         return Ok(Outcome::Succeeded);
     }
     let error = job.error.clone().unwrap_or_else(|| json!({ "message": "compensating" }));
@@ -334,8 +377,8 @@ async fn compensate<S: Saga>(
             }
             Err(err) => {
                 let message = format!("compensation of {} failed: {err}", names[index]);
-                tracing::error!(job = %job.id, %message, "saga left half-undone");
-                let error = json!({ "message": message, "cause": error });
+                tracing::error!(%message, "saga left half-undone");
+                let error = json!({ "code": "COMPENSATION_FAILED", "message": message, "cause": error });
                 lease.finish(JobStatus::Failed, None, Some(&error)).await?;
                 return Ok(Outcome::Failed);
             }
@@ -348,14 +391,18 @@ async fn compensate<S: Saga>(
                 retry(ctx, S::KIND, lease, job, None, &m).await
             }
             err => {
-                let error = json!({ "message": format!("recording the failure failed: {err}"), "cause": error });
+                let error = json!({
+                    "code": "COMPENSATION_FAILED",
+                    "message": format!("recording the failure failed: {err}"),
+                    "cause": error
+                });
                 lease.finish(JobStatus::Failed, None, Some(&error)).await?;
                 Ok(Outcome::Failed)
             }
         };
     }
     lease.finish(JobStatus::Compensated, None, Some(error)).await?;
-    tracing::warn!(job = %job.id, kind = S::KIND.name(), %reason, "job compensated");
+    tracing::warn!(%reason, "job compensated");
     Ok(Outcome::Compensated)
 }
 
@@ -369,11 +416,11 @@ async fn retry(
 ) -> Result<Outcome, EngineError> {
     let delay = backoff(ctx, job.attempts);
     let delivery = Queue::new_delivery_id();
-    let error = json!({ "message": message, "step": step, "transient": true });
+    let error = json!({ "code": "RETRYING", "message": message, "step": step, "transient": true });
     if !lease.retry_later(delay, &error, &delivery).await? {
         return Ok(Outcome::LeaseLost);
     }
-    tracing::warn!(job = %job.id, ?step, %message, ?delay, attempt = job.attempts, "transient failure; will retry");
+    tracing::warn!(?step, %message, ?delay, "transient failure; will retry");
     if let Err(err) = ctx.queue.push(kind, job.id, &delivery, delay).await {
         // The row says `retrying`; the reconciler pushes it again.
         tracing::warn!(job = %job.id, error = %err, "could not schedule the retry");
@@ -391,4 +438,20 @@ async fn release(ctx: &JobContext, kind: JobKind, lease: &Lease<'_>, job: &Job) 
         tracing::info!(job = %job.id, "job released for another worker");
     }
     Ok(Outcome::Released)
+}
+
+/// Failure hooks for tests, compiled only with the `test-hooks` feature (the test crate turns it
+/// on for its worker program): `JOB_TEST_CRASH_AT=<kind>:<step>` aborts the process as that step
+/// starts, as a step that takes its worker down (an OOM, a segfault in a library) would.
+mod test_hooks {
+    #[cfg(feature = "test-hooks")]
+    pub fn before_step(kind: crate::JobKind, step: &str) {
+        if std::env::var("JOB_TEST_CRASH_AT").is_ok_and(|target| target == format!("{}:{step}", kind.name())) {
+            tracing::error!(step, "JOB_TEST_CRASH_AT: aborting the worker process");
+            std::process::abort();
+        }
+    }
+
+    #[cfg(not(feature = "test-hooks"))]
+    pub fn before_step(_kind: crate::JobKind, _step: &str) {}
 }

@@ -419,7 +419,8 @@ async fn a_failed_plan_change_moves_the_subscription_back(mode: Mode) {
     // Recording the proration lines fails every time (as a database fault would).
     sqlx::raw_sql(&format!(
         "create function refuse_lines() returns trigger language plpgsql as $$ begin \
-             if new.kind = 'proration' then raise exception 'disk full'; end if; return new; end $$; \
+             if new.kind = 'proration' then raise exception using errcode = 'disk_full', message = 'disk full'; \
+             end if; return new; end $$; \
          create trigger refuse_lines before insert on invoice_lines for each row \
              when (new.tenant_id = '{id}') execute function refuse_lines();"
     ))
@@ -432,6 +433,8 @@ async fn a_failed_plan_change_moves_the_subscription_back(mode: Mode) {
     let job = b.app.wait_job(accepted["data"]["job"]["id"].as_str().expect("job"), DEADLINE).await;
     assert_eq!(job["status"], json!("compensated"), "{job}");
     assert_eq!(job["error"]["step"], json!("record_invoice_lines"));
+    // A full disk is worth retrying: both attempts were made before giving up.
+    assert_eq!((job["attempts"].clone(), job["error"]["code"].clone()), (json!(2), json!("ATTEMPTS_EXHAUSTED")));
     let statuses: Vec<&str> =
         job["steps"].as_array().expect("steps").iter().filter_map(|s| s["status"].as_str()).collect();
     assert_eq!(statuses, ["compensated", "compensated", "compensated", "compensated", "pending", "pending"]);

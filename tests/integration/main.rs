@@ -6,6 +6,7 @@ mod billing_stripe;
 mod billing_webhooks;
 mod envelope;
 mod events;
+mod faults;
 mod lifecycle;
 mod monitoring;
 mod operations;

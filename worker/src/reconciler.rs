@@ -2,7 +2,9 @@
 //! the two drift apart when Redis loses data (a restart without persistence, `FLUSHALL`), when a
 //! push fails after the job's transaction committed, or when a worker dies holding a lease. Every
 //! `RECONCILE_INTERVAL_MS` one worker (a PostgreSQL advisory lock picks it):
-//! - turns jobs stuck `running` past their lease back to `retrying`, and re-delivers them;
+//! - turns jobs stuck `running` past their lease back to `retrying`, due after the job's backoff
+//!   (their worker died: a step that kills its worker is not re-run in a tight loop), and
+//!   re-delivers them for then;
 //! - re-delivers due `queued`/`retrying` jobs whose latest delivery Redis no longer holds.
 //!
 //! A re-delivery of a job that is in fact still queued is harmless: the lease makes it a no-op.
@@ -38,7 +40,8 @@ pub async fn reconcile_once(ctx: &JobContext) -> anyhow::Result<usize> {
     if !locked {
         return Ok(0);
     }
-    let mut candidates = jobs::expire_leases(&mut *tx).await?;
+    let (base, max) = (ctx.config.jobs.backoff_base, ctx.config.jobs.backoff_max);
+    let mut candidates = jobs::expire_leases(&mut *tx, base, max).await?;
     for job in &candidates {
         tracing::warn!(job = %job.id, kind = job.kind, "lease expired; its worker is gone");
     }
@@ -63,7 +66,8 @@ pub async fn reconcile_once(ctx: &JobContext) -> anyhow::Result<usize> {
         let Some(kind) = JobKind::from_name(&job.kind) else { continue };
         let delivery = Queue::new_delivery_id();
         jobs::record_dispatch(&ctx.db, job.id, &delivery).await?;
-        ctx.queue.push(kind, job.id, &delivery, Duration::ZERO).await?;
+        let due_in = Duration::from_micros(u64::try_from(job.due_in.microseconds).unwrap_or(0));
+        ctx.queue.push(kind, job.id, &delivery, due_in).await?;
         redelivered += 1;
     }
     Ok(redelivered)

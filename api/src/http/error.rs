@@ -117,7 +117,8 @@ impl From<DomainError> for ApiError {
             DomainError::InvalidState { message } => Self::new(StatusCode::CONFLICT, "INVALID_STATE", message),
             DomainError::Validation { field: Some(field), message } => Self::field(&field, message),
             DomainError::Validation { field: None, message } => Self::validation(message),
-            err @ (DomainError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) | DomainError::Redis(_)) => {
+            // The same classification as the jobs' retries (`tenant_domain::error::db_is_transient`).
+            err @ (DomainError::Database(_) | DomainError::Redis(_)) if err.is_transient() => {
                 Self::unavailable("a dependency is unavailable", err)
             }
             err => Self::internal(err),

@@ -1,0 +1,105 @@
+//! The job engine under faults: a step that kills its worker every time ends after exactly
+//! `JOB_MAX_ATTEMPTS` attempts and is compensated; a store error in the request itself (a
+//! constraint) is not retried; what PostgreSQL said never reaches a job or tenant clients read.
+
+use crate::lifecycle::create;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tenant_tests::TestApp;
+
+const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
+
+async fn job_when_done(app: &TestApp, job: &str) -> Option<Value> {
+    let (status, body) = app.get(&format!("/api/v1/jobs/{job}"), &app.admin_token()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    matches!(body["data"]["status"].as_str(), Some("succeeded" | "failed" | "compensated"))
+        .then(|| body["data"].clone())
+}
+
+#[tokio::test]
+async fn a_step_that_kills_its_worker_ends_after_max_attempts_and_is_compensated() {
+    let app = TestApp::spawn_with(|env| {
+        env.insert("JOB_MAX_ATTEMPTS".into(), "3".into());
+        // The worker program aborts as this step starts (a test-only hook, see engine::test_hooks).
+        env.insert("JOB_TEST_CRASH_AT".into(), "provision_tenant:welcome_email".into());
+    })
+    .await;
+    let (tenant, job_id) = create(&app, "poison", "basic").await;
+    let mut worker = app.spawn_worker_process(WORKER);
+    let mut deaths = 0;
+    let until = Instant::now() + Duration::from_secs(90);
+    let job = loop {
+        if let Some(job) = job_when_done(&app, &job_id).await {
+            break job;
+        }
+        if worker.child.try_wait().expect("worker status").is_some() {
+            deaths += 1;
+            worker = app.spawn_worker_process(WORKER);
+        }
+        assert!(Instant::now() < until, "the poison job never ended ({deaths} worker deaths)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(deaths, 3, "one death per attempt, then no more: {job}");
+    assert_eq!(job["status"], json!("compensated"), "{job}");
+    assert_eq!(job["attempts"], json!(3));
+    assert_eq!(job["error"]["code"], json!("ATTEMPTS_EXHAUSTED"));
+    let statuses: Vec<&str> =
+        job["steps"].as_array().expect("steps").iter().filter_map(|s| s["status"].as_str()).collect();
+    assert_eq!(statuses, ["compensated", "compensated", "compensated", "compensated", "compensated", "pending"]);
+    let (_, body) = app.get(&format!("/api/v1/tenants/{tenant}"), &app.admin_token()).await;
+    assert_eq!(body["data"]["status"], json!("failed"), "{body}");
+    let schema: bool = sqlx::query_scalar("select exists (select from pg_namespace where nspname = $1)")
+        .bind(format!("tenant_{}", tenant.replace('-', "")))
+        .fetch_one(&app.db)
+        .await
+        .expect("schema");
+    assert!(!schema, "compensation dropped the schema");
+    // Backoff between the deaths' re-deliveries, not a tight loop: at most one claim per death
+    // and one for the compensation.
+    let claims: i32 = sqlx::query_scalar("select claims from jobs where id = $1::uuid")
+        .bind(&job_id)
+        .fetch_one(&app.db)
+        .await
+        .expect("claims");
+    assert_eq!(claims, 4);
+}
+
+#[tokio::test]
+async fn a_constraint_violation_is_not_retried_and_its_text_stays_in_the_log() {
+    let app = TestApp::spawn().await;
+    // The default configuration of every new tenant collides with a (made-up) unique index.
+    sqlx::raw_sql(
+        "create function collide() returns trigger language plpgsql as $$ begin \
+             raise exception using errcode = 'unique_violation', \
+                 message = 'duplicate key value violates unique constraint \"internal_secret_idx\"'; \
+         end $$; \
+         create trigger collide before insert on tenant_configs for each row execute function collide();",
+    )
+    .execute(&app.db)
+    .await
+    .expect("trigger");
+    let _worker = app.spawn_worker();
+    let (tenant, job_id) = create(&app, "collide", "basic").await;
+    let job = app.wait_job(&job_id, Duration::from_secs(30)).await;
+    assert_eq!(job["status"], json!("compensated"), "{job}");
+    assert_eq!(job["attempts"], json!(1), "a constraint violation is not worth a retry");
+    assert_eq!(
+        (job["error"]["code"].clone(), job["error"]["step"].clone()),
+        (json!("STEP_FAILED"), json!("default_config"))
+    );
+
+    // A member of the tenant reads the job and the tenant: nothing PostgreSQL said is there.
+    let member = app.token(&["tenant_member"], Some(tenant.parse().expect("tenant id")));
+    let (status, job) = app.get(&format!("/api/v1/jobs/{job_id}"), &member).await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    let (status, tenant_view) = app.get(&format!("/api/v1/tenants/{tenant}"), &member).await;
+    assert_eq!(status, StatusCode::OK, "{tenant_view}");
+    assert_eq!(tenant_view["data"]["status"], json!("failed"));
+    for text in [job.to_string(), tenant_view.to_string()] {
+        for leak in ["internal_secret_idx", "duplicate key", "unique constraint", "error returned from database"] {
+            assert!(!text.contains(leak), "{leak:?} reached a client: {text}");
+        }
+    }
+    assert!(tenant_view["data"]["statusReason"].as_str().is_some_and(|r| r.contains("refused")), "{tenant_view}");
+}
