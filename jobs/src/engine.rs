@@ -11,12 +11,12 @@ use crate::kinds::JobKind;
 use crate::queue::Queue;
 use serde_json::{Value, json};
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tenant_domain::JobId;
 use tenant_domain::external::ExternalError;
 use tenant_domain::jobs::{self, Job, JobStatus, Lease, StepRecord, StepStatus};
+use tokio::sync::watch;
+use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
@@ -147,7 +147,6 @@ pub struct EngineError(#[from] tenant_domain::Error);
 
 /// Runs one delivery of job `id`, whatever its kind.
 pub async fn run(ctx: &JobContext, kind: JobKind, id: JobId) -> Result<Outcome, EngineError> {
-    use tracing::Instrument;
     // Every line logged while this delivery runs (steps, store failures) carries these fields.
     let span = tracing::info_span!(
         "job",
@@ -177,37 +176,67 @@ pub fn backoff(ctx: &JobContext, attempts: i32) -> Duration {
     s.backoff_base.saturating_mul(2u32.saturating_pow(exp)).min(s.backoff_max)
 }
 
-/// Renews the lease in the background; `lost` turns true when another worker holds the job.
+/// Renews the lease in the background (every third of it). The lease counts as lost when another
+/// worker holds the job, or when no renewal succeeded for two thirds of the lease (we can no
+/// longer prove we hold it, and the reconciler may hand the job on once it runs out): the running
+/// step is then cancelled — its future dropped — before another worker can take the job.
 struct LeaseKeeper {
-    lost: Arc<AtomicBool>,
+    lost: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl LeaseKeeper {
     fn start(ctx: &JobContext, id: JobId) -> Self {
-        let lost = Arc::new(AtomicBool::new(false));
+        let (tx, lost) = watch::channel(false);
         let (db, owner, lease) = (ctx.db.clone(), ctx.worker_id.clone(), ctx.config.jobs.lease);
-        let flag = lost.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(lease / 3).await;
-                match jobs::renew(&db, id, &owner, lease).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        flag.store(true, Ordering::SeqCst);
-                        return;
+        let task = tokio::spawn(
+            async move {
+                let mut renewed = Instant::now();
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    match jobs::renew(&db, id, &owner, lease).await {
+                        Ok(true) => renewed = Instant::now(),
+                        Ok(false) => {
+                            tracing::warn!("the job's lease was taken over");
+                            let _ = tx.send(true);
+                            return;
+                        }
+                        Err(err) if renewed.elapsed() >= lease * 2 / 3 => {
+                            tracing::warn!(error = %err, "the job's lease could not be renewed in time");
+                            let _ = tx.send(true);
+                            return;
+                        }
+                        // A database hiccup: try again before the lease runs out.
+                        Err(err) => tracing::warn!(error = %err, "could not renew the job lease"),
                     }
-                    // A database hiccup: try again; if it lasts, the lease runs out and the
-                    // guarded writes tell us.
-                    Err(err) => tracing::warn!(job = %id, error = %err, "could not renew the job lease"),
                 }
             }
-        });
+            .in_current_span(),
+        );
         Self { lost, task }
     }
 
     fn lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
+        *self.lost.borrow()
+    }
+
+    /// Resolves when the lease is lost (never, while it holds).
+    async fn until_lost(&self) {
+        let mut lost = self.lost.clone();
+        if lost.wait_for(|l| *l).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Runs `step` unless the lease is lost first, in which case `step` is dropped (cancelled).
+    async fn guard<T>(&self, step: &str, work: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            result = work => Some(result),
+            () = self.until_lost() => {
+                tracing::warn!(step, "lease lost while the step ran: step cancelled, job left to its new holder");
+                None
+            }
+        }
     }
 }
 
@@ -299,7 +328,9 @@ async fn run_saga<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, Engin
             }
             tracing::info!(step = name, "step started");
             test_hooks::before_step(S::KIND, name);
-            let result = saga.run(ctx, name).await;
+            let Some(result) = keeper.guard(name, saga.run(ctx, name)).await else {
+                return Ok(Outcome::LeaseLost);
+            };
             match result {
                 Ok(()) => {
                     if !lease.step_finished(index, StepStatus::Succeeded, None).await? {
@@ -365,7 +396,10 @@ async fn compensate<S: Saga>(
         if keeper.lost() {
             return Ok(Outcome::LeaseLost);
         }
-        match saga.compensate(ctx, names[index]).await {
+        let Some(result) = keeper.guard(names[index], saga.compensate(ctx, names[index])).await else {
+            return Ok(Outcome::LeaseLost);
+        };
+        match result {
             Ok(()) => {
                 if !lease.step_finished(index, StepStatus::Compensated, None).await? {
                     return Ok(Outcome::LeaseLost);

@@ -103,3 +103,54 @@ async fn a_constraint_violation_is_not_retried_and_its_text_stays_in_the_log() {
     }
     assert!(tenant_view["data"]["statusReason"].as_str().is_some_and(|r| r.contains("refused")), "{tenant_view}");
 }
+
+#[tokio::test]
+async fn a_worker_whose_lease_is_taken_over_cancels_its_running_step() {
+    use tenant_tests::smtp_sink::Slow;
+    // The mail server takes the welcome mail but holds its "250" for 6 s.
+    let (app, sink) = crate::lifecycle::app_with_sink(Slow::Confirm(Duration::from_secs(6))).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let _worker = app.spawn_worker_with(|env| {
+        env.insert("WORKER_METRICS_PORT".into(), port.to_string());
+        env.insert("SERVICE_HOST".into(), "127.0.0.1".into());
+    });
+    let (_, job_id) = create(&app, "stolen", "free").await;
+    let until = Instant::now() + Duration::from_secs(20);
+    while sink.mails().is_empty() {
+        assert!(Instant::now() < until, "the welcome mail never reached the server");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another worker takes the job over while the step waits on the mail server.
+    sqlx::query(
+        "update jobs set lease_owner = 'another-worker', lease_expires_at = now() + interval '1 minute' \
+         where id = $1::uuid",
+    )
+    .bind(&job_id)
+    .execute(&app.db)
+    .await
+    .expect("lease taken");
+    let taken = Instant::now();
+    // The step is cancelled within a renewal period (a third of the 2 s lease), long before the
+    // mail server would have answered.
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    loop {
+        let text = match app.client.get(&metrics).send().await {
+            Ok(res) => res.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text.contains(r#"tenant_jobs_total{kind="provision_tenant",outcome="lease_lost"} 1"#) {
+            break;
+        }
+        assert!(taken.elapsed() < Duration::from_secs(3), "the step ran on after its lease was taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nothing was written for the job after the takeover: the new holder owns it as it found it.
+    let (owner, step): (Option<String>, Value) =
+        sqlx::query_as("select lease_owner, steps -> 4 from jobs where id = $1::uuid")
+            .bind(&job_id)
+            .fetch_one(&app.db)
+            .await
+            .expect("job");
+    assert_eq!(owner.as_deref(), Some("another-worker"));
+    assert_eq!(step["status"], json!("running"), "{step}");
+}
