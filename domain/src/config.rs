@@ -51,6 +51,28 @@ pub struct Config {
     /// Where `tenant-worker` serves its `/metrics` and `/health` (unset: not served).
     pub worker_metrics_port: Option<u16>,
     pub billing: BillingSettings,
+    pub retention: RetentionSettings,
+}
+
+/// How long finished bookkeeping is kept; a scheduled `retention` job deletes what is older.
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    /// How often the workers run it (one job per tick across replicas).
+    pub interval: Duration,
+    /// Stored answers of `Idempotency-Key` (the contract promises 24 h).
+    pub idempotency: Duration,
+    /// Outbox events already published to the stream.
+    pub published_events: Duration,
+    /// Finished periodic and delivery jobs (`quota_rollup`, `billing_cycle`, `deliver_event`,
+    /// `retention`).
+    pub periodic_jobs: Duration,
+    /// Finished tenant jobs (provisioning, deletion, restore, plan changes): the tenant's history.
+    pub tenant_jobs: Duration,
+    /// How long Redis keeps a deleted (or failed) tenant's quota state, which answers its checks
+    /// with `TENANT_NOT_ACTIVE` without asking PostgreSQL.
+    pub tombstone: Duration,
+    /// Rows deleted per statement, so no delete holds locks for long.
+    pub batch: i64,
 }
 
 /// Billing: the provider, the billing cycle, overage billing and dunning.
@@ -363,6 +385,19 @@ impl Config {
             },
             events_stream: env.get("EVENTS_STREAM").unwrap_or_else(|| "tenant-events".into()),
             events_stream_maxlen: env.parse_in("EVENTS_STREAM_MAXLEN", 1_000_000, 1000..=1_000_000_000)?,
+            retention: RetentionSettings {
+                interval: Duration::from_secs(env.parse_in("RETENTION_INTERVAL_SECS", 3600, 1..=86_400)?),
+                idempotency: Duration::from_secs(3600 * env.parse_in("RETENTION_IDEMPOTENCY_HOURS", 24u64, 24..=8760)?),
+                published_events: Duration::from_secs(86_400 * env.parse_in("RETENTION_EVENTS_DAYS", 7u64, 1..=3650)?),
+                periodic_jobs: Duration::from_secs(
+                    86_400 * env.parse_in("RETENTION_PERIODIC_JOBS_DAYS", 7u64, 1..=3650)?,
+                ),
+                tenant_jobs: Duration::from_secs(
+                    86_400 * env.parse_in("RETENTION_TENANT_JOBS_DAYS", 365u64, 1..=36_500)?,
+                ),
+                tombstone: Duration::from_secs(env.parse_in("TENANT_TOMBSTONE_TTL_SECS", 86_400, 60..=31_536_000)?),
+                batch: env.parse_in("RETENTION_BATCH", 1000, 10..=100_000)?,
+            },
             billing: BillingSettings {
                 stripe: match env.get("STRIPE_SECRET_KEY") {
                     None => None,

@@ -167,6 +167,7 @@ async fn dispatch(ctx: &JobContext, kind: JobKind, id: JobId) -> Result<Outcome,
         JobKind::DeliverEvent => run_saga::<crate::deliver::Deliver>(ctx, id).await,
         JobKind::ChangePlan => run_saga::<crate::change_plan::ChangePlan>(ctx, id).await,
         JobKind::BillingCycle => run_saga::<crate::billing_cycle::BillingCycle>(ctx, id).await,
+        JobKind::Retention => run_saga::<crate::retention::Retention>(ctx, id).await,
     }
 }
 

@@ -12,10 +12,11 @@ pub enum JobKind {
     DeliverEvent,
     ChangePlan,
     BillingCycle,
+    Retention,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 7] = [
+    pub const ALL: [JobKind; 8] = [
         JobKind::ProvisionTenant,
         JobKind::DeleteTenant,
         JobKind::RestoreTenant,
@@ -23,6 +24,7 @@ impl JobKind {
         JobKind::DeliverEvent,
         JobKind::ChangePlan,
         JobKind::BillingCycle,
+        JobKind::Retention,
     ];
 
     /// The `kind` clients see on the job.
@@ -35,6 +37,7 @@ impl JobKind {
             JobKind::DeliverEvent => "deliver_event",
             JobKind::ChangePlan => "change_plan",
             JobKind::BillingCycle => "billing_cycle",
+            JobKind::Retention => "retention",
         }
     }
 
@@ -48,6 +51,7 @@ impl JobKind {
             JobKind::DeliverEvent => "deliver_event:v1",
             JobKind::ChangePlan => "change_plan:v1",
             JobKind::BillingCycle => "billing_cycle:v1",
+            JobKind::Retention => "retention:v1",
         }
     }
 
@@ -64,6 +68,7 @@ impl JobKind {
             JobKind::DeliverEvent => crate::deliver::STEPS,
             JobKind::ChangePlan => crate::change_plan::STEPS,
             JobKind::BillingCycle => crate::billing_cycle::STEPS,
+            JobKind::Retention => crate::retention::STEPS,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod kinds;
 pub mod provision;
 pub mod queue;
 pub mod restore;
+pub mod retention;
 pub mod rollup;
 
 pub use context::JobContext;

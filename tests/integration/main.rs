@@ -13,6 +13,7 @@ mod operations;
 mod plans;
 mod quotas;
 mod recovery;
+mod retention;
 mod rls;
 mod settings;
 mod tenants;

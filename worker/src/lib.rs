@@ -82,6 +82,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         tokio::spawn(reconciler::run(ctx.clone())),
         tokio::spawn(scheduler::run(ctx.clone())),
         tokio::spawn(scheduler::billing(ctx.clone())),
+        tokio::spawn(scheduler::retention(ctx.clone())),
         tokio::spawn(scheduler::vacuum(ctx.clone())),
         tokio::spawn(alerts::run(ctx.clone())),
         tokio::spawn(relay::run(ctx.clone())),

@@ -1,4 +1,4 @@
-//! Periodic jobs (the quota rollup, the billing cycle). Every worker runs these tickers; a tick
+//! Periodic jobs (the quota rollup, the billing cycle, retention). Every worker runs these tickers; a tick
 //! inserts its job row under a unique schedule key (`quota_rollup:<tick>`, `billing_cycle:<tick>`), so exactly one job exists per tick however many workers
 //! run, and only the worker whose insert won pushes it. (apalis-cron would fire on every replica,
 //! apalis#281.)
@@ -56,6 +56,11 @@ pub async fn run(ctx: JobContext) {
 /// Enqueues one billing cycle (period close and dunning) per `BILLING_CLOSE_INTERVAL_SECS` tick.
 pub async fn billing(ctx: JobContext) {
     tick_every(ctx.clone(), ctx.config.billing.close_interval, JobKind::BillingCycle).await
+}
+
+/// Enqueues one retention run per `RETENTION_INTERVAL_SECS` tick.
+pub async fn retention(ctx: JobContext) {
+    tick_every(ctx.clone(), ctx.config.retention.interval, JobKind::Retention).await
 }
 
 async fn tick_every(ctx: JobContext, interval: Duration, kind: JobKind) {

@@ -120,6 +120,8 @@ pub struct QuotaEngine {
     prefix: String,
     timeout: Duration,
     grace: Duration,
+    /// How long a deleted or failed tenant's state (a tombstone) stays in Redis.
+    tombstone_ttl: Duration,
     /// Times the state of a tenant had to be read from PostgreSQL.
     pub state_loads: AtomicU64,
     leases: Leases,
@@ -138,6 +140,7 @@ impl QuotaEngine {
             prefix: config.redis_key_prefix.clone(),
             timeout: config.quota.timeout,
             grace: config.quota.window_grace,
+            tombstone_ttl: config.retention.tombstone,
             state_loads: AtomicU64::new(0),
             leases: Leases::new(config.quota.lease_ttl),
             lease_resources: config.quota.lease_resources.iter().filter_map(|r| Resource::parse(r)).collect(),
@@ -377,6 +380,11 @@ impl QuotaEngine {
                 }
                 restored += 1;
             }
+        }
+        if matches!(state.status, TenantStatus::Deleted | TenantStatus::Failed) {
+            // A tombstone: it answers the tenant's checks without PostgreSQL for a while, then
+            // goes (a later check reads PostgreSQL once and puts it back).
+            pipe.cmd("EXPIRE").arg(&key).arg(self.tombstone_ttl.as_secs().max(1));
         }
         let mut conn = self.conn();
         tokio::time::timeout(self.timeout * 4, pipe.query_async::<()>(&mut conn))
