@@ -21,6 +21,9 @@ pub struct Queue {
 #[error("could not push the job to Redis: {0}")]
 pub struct PushError(String);
 
+/// Set members read per `SSCAN` (and handled per script call) by [`Queue::vacuum`].
+const VACUUM_BATCH: usize = 200;
+
 impl Queue {
     pub fn new(conn: ConnectionManager, prefix: &str, settings: JobSettings) -> Self {
         Self { conn, prefix: prefix.to_owned(), settings }
@@ -73,22 +76,43 @@ impl Queue {
     }
 
     /// Removes deliveries that finished more than `keep` ago (they and their metadata would
-    /// otherwise stay in Redis forever); returns how many. The job rows keep the history.
+    /// otherwise stay in Redis forever); returns how many. The job rows keep the history. The
+    /// done and dead sets are walked with `SSCAN` in batches of [`VACUUM_BATCH`], each batch
+    /// handled by one short script, so Redis — and the quota hot path on it — is never blocked
+    /// for more than a few milliseconds.
     pub async fn vacuum(&self, keep: Duration) -> redis::RedisResult<u64> {
         let script = redis::Script::new(include_str!("vacuum.lua"));
         let mut conn = self.conn.clone();
         let mut removed = 0;
         for kind in JobKind::ALL {
             let config = self.config(kind);
-            let n: u64 = script
-                .key(config.job_data_hash())
-                .key(config.job_meta_hash())
-                .key(config.done_jobs_set())
-                .key(config.dead_jobs_set())
-                .arg(keep.as_secs())
-                .invoke_async(&mut conn)
-                .await?;
-            removed += n;
+            for set in [config.done_jobs_set(), config.dead_jobs_set()] {
+                let mut cursor = 0u64;
+                loop {
+                    let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
+                        .arg(&set)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(VACUUM_BATCH)
+                        .query_async(&mut conn)
+                        .await?;
+                    if !ids.is_empty() {
+                        let n: u64 = script
+                            .key(config.job_data_hash())
+                            .key(config.job_meta_hash())
+                            .key(&set)
+                            .arg(keep.as_secs())
+                            .arg(&ids)
+                            .invoke_async(&mut conn)
+                            .await?;
+                        removed += n;
+                    }
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
         }
         Ok(removed)
     }

@@ -1,9 +1,12 @@
 //! The outbox relay: publishes the events that changes wrote to `outbox_events` (in their own
 //! transactions) to the events stream, in order, and marks them sent. One relay publishes at a
-//! time (an advisory lock), oldest first. If Redis is down nothing is marked and everything is
-//! published when it returns; a rolled-back change never wrote its event. A crash between
-//! publishing and marking publishes an event again with the same `id`, which consumers use to
-//! drop repeats.
+//! time (a session advisory lock, held on one connection — not a transaction — for the pass),
+//! oldest first: it reads a batch, publishes it to Redis, then marks what was published in one
+//! short transaction, so no PostgreSQL transaction stays open across Redis calls. Delivery is
+//! therefore **at least once**: a crash between publishing and marking publishes those events
+//! again with the same `id`, which consumers use to drop repeats. If Redis is down nothing is
+//! marked and everything is published when it returns; a rolled-back change never wrote its
+//! event.
 //!
 //! For each event it also drops the tenant's cached context everywhere (so caches follow every
 //! committed change even if the API's own invalidation failed), and, when the audit or
@@ -43,18 +46,30 @@ type Row = (Uuid, Option<Uuid>, String, serde_json::Value, chrono::DateTime<chro
 
 /// One pass; returns how many events were published.
 pub async fn relay_once(ctx: &JobContext) -> anyhow::Result<usize> {
-    let mut tx = ctx.db.begin().await?;
+    let mut lock = ctx.db.acquire().await?;
     let locked: bool =
-        sqlx::query_scalar("select pg_try_advisory_xact_lock($1)").bind(LOCK_KEY).fetch_one(&mut *tx).await?;
+        sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut *lock).await?;
     if !locked {
         return Ok(0);
     }
+    let result = publish_batch(ctx).await;
+    let unlocked =
+        sqlx::query_scalar::<_, bool>("select pg_advisory_unlock($1)").bind(LOCK_KEY).fetch_one(&mut *lock).await;
+    if !matches!(unlocked, Ok(true)) {
+        // Never hand a connection that may still hold the lock back to the pool: closing it
+        // ends the session, and the lock with it.
+        let _ = sqlx::Connection::close(lock.detach()).await;
+    }
+    result
+}
+
+async fn publish_batch(ctx: &JobContext) -> anyhow::Result<usize> {
     let rows: Vec<Row> = sqlx::query_as(
         "select id, tenant_id, event_type, payload, occurred_at from outbox_events \
          where published_at is null order by occurred_at, id limit $1",
     )
     .bind(BATCH)
-    .fetch_all(&mut *tx)
+    .fetch_all(&ctx.db)
     .await?;
     if rows.is_empty() {
         return Ok(0);
@@ -94,6 +109,7 @@ pub async fn relay_once(ctx: &JobContext) -> anyhow::Result<usize> {
         }
         published.push(*id);
     }
+    let mut tx = ctx.db.begin().await?;
     sqlx::query("update outbox_events set published_at = now() where id = any($1)")
         .bind(&published)
         .execute(&mut *tx)
