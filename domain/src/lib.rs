@@ -20,6 +20,7 @@ pub mod mail;
 pub mod money;
 pub mod monitoring;
 pub mod plans;
+pub mod process_metrics;
 pub mod quota;
 pub mod secret;
 pub mod status;

@@ -511,8 +511,14 @@ async fn the_worker_reports_its_jobs_in_prometheus_text() {
     assert!(text.contains("tenant_jobs_open{status=\"running\"} 0"), "{text}");
     assert!(text.contains("tenant_queue_depth 0"), "{text}");
     assert!(text.contains("tenant_outbox_unpublished"), "{text}");
+    assert!(text.contains("tenant_worker_restarts_total 0"), "{text}");
+    assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    assert!(text.contains("process_cpu_seconds_total "), "{text}");
+    assert!(text.contains("tenant_service_cpu_usage_percent "), "{text}");
     let res = app.client.get(format!("{url}/health")).send().await.expect("sent");
     assert_eq!(res.status(), StatusCode::OK);
+    let health: Value = res.json().await.expect("json");
+    assert_eq!(health["data"]["queueWorkerRestarts"], json!(0), "{health}");
 }
 
 /// One server-sent event: its `event`, `id` and `data` (parsed as JSON).

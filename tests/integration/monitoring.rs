@@ -71,6 +71,12 @@ async fn service_and_tenant_metrics_report_live_figures() {
     assert!(m["process"]["residentMemoryBytes"].as_u64().expect("rss") > 1 << 20, "{m}");
     let rss = app.metric("tenant_service_memory_usage_bytes ").await.expect("memory exported");
     assert!(rss > f64::from(1 << 20), "{rss}");
+    // The process collector and the CPU gauge (set from the second scrape on).
+    let _ = app.metric("process_cpu_seconds_total ").await.expect("process collector");
+    let cpu = app.metric("tenant_service_cpu_usage_percent ").await.expect("cpu gauge exported");
+    assert!((0.0..=200.0 * 16.0).contains(&cpu), "{cpu}");
+    let open_fds = app.metric("process_open_fds ").await.expect("open fds");
+    assert!(open_fds > 0.0, "{open_fds}");
     let requests = m["process"]["httpRequests"].as_u64().expect("requests");
     let (_, second) = app.get("/api/v1/metrics", &admin).await;
     assert!(second["data"]["process"]["httpRequests"].as_u64().expect("requests") > requests);

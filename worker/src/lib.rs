@@ -93,9 +93,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         config.worker_metrics_port.map(|port| tokio::spawn(metrics::serve(ctx.clone(), job_metrics.clone(), port)));
     let ctx = Arc::new(ctx);
     let mut monitor = Monitor::new()
-        .should_restart(|worker, error| {
-            tracing::error!(worker = worker.name(), %error, "queue worker died; restarting it");
-            true
+        .should_restart({
+            let job_metrics = job_metrics.clone();
+            move |worker, error| {
+                tracing::error!(worker = worker.name(), %error, "queue worker died; restarting it");
+                job_metrics.restarts.inc();
+                if let Ok(mut last) = job_metrics.last_restart.lock() {
+                    *last = Some(serde_json::json!({
+                        "at": chrono::Utc::now(), "queueWorker": worker.name(), "error": error.to_string(),
+                    }));
+                }
+                true
+            }
         })
         .on_event(|worker, event| match event {
             Event::Error(error) => tracing::warn!(worker = worker.name(), %error, "queue error"),

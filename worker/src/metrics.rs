@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,11 @@ use tokio::net::TcpListener;
 
 pub struct JobMetrics {
     registry: Registry,
+    /// Queue workers that died and were restarted (`tenant_worker_restarts_total`).
+    pub restarts: IntCounter,
+    /// The last death: when, which queue worker, why — shown in `/health`.
+    pub last_restart: std::sync::Mutex<Option<serde_json::Value>>,
+    process: Arc<tenant_domain::process_metrics::ProcessMetrics>,
     pub outcomes: IntCounterVec,
     pub duration: HistogramVec,
     queue_depth: IntGauge,
@@ -27,8 +32,12 @@ pub struct JobMetrics {
 
 impl JobMetrics {
     pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
         let m = JobMetrics {
-            registry: Registry::new(),
+            restarts: IntCounter::new("tenant_worker_restarts_total", "Queue workers that died and were restarted")?,
+            last_restart: std::sync::Mutex::new(None),
+            process: tenant_domain::process_metrics::ProcessMetrics::register(&registry)?,
+            registry,
             outcomes: IntCounterVec::new(
                 Opts::new("tenant_jobs_total", "Job deliveries handled, by job kind and outcome"),
                 &["kind", "outcome"],
@@ -48,6 +57,7 @@ impl JobMetrics {
         m.registry.register(Box::new(m.open.clone()))?;
         m.registry.register(Box::new(m.unpublished.clone()))?;
         m.registry.register(Box::new(tenant_domain::billing::EVENTS.clone()))?;
+        m.registry.register(Box::new(m.restarts.clone()))?;
         Ok(m)
     }
 }
@@ -96,6 +106,7 @@ async fn scrape(State(shared): State<Shared>) -> Response {
     if let Ok(Ok(n)) = tokio::time::timeout(deadline, unpublished).await {
         m.unpublished.set(n);
     }
+    m.process.sample();
     let mut buf = Vec::new();
     if TextEncoder::new().encode(&m.registry.gather(), &mut buf).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -111,7 +122,12 @@ async fn health(State(shared): State<Shared>) -> Response {
     let redis_ok = tenant_domain::kv::ping(&mut redis, Duration::from_secs(1)).await;
     let body = serde_json::json!({
         "success": db && redis_ok,
-        "data": { "worker": shared.ctx.worker_id, "dependencies": { "database": db, "redis": redis_ok } },
+        "data": {
+            "worker": shared.ctx.worker_id,
+            "dependencies": { "database": db, "redis": redis_ok },
+            "queueWorkerRestarts": shared.metrics.restarts.get(),
+            "lastRestart": shared.metrics.last_restart.lock().ok().and_then(|l| l.clone()),
+        },
     });
     let status = if db && redis_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub memory: IntGauge,
     /// When this process started (for uptime).
     pub started: Instant,
+    /// The process collector and `tenant_service_cpu_usage_percent`.
+    pub process: std::sync::Arc<tenant_domain::process_metrics::ProcessMetrics>,
 }
 
 impl Metrics {
@@ -101,6 +103,7 @@ impl Metrics {
             )?,
             memory: IntGauge::new("tenant_service_memory_usage_bytes", "Resident memory of this process")?,
             started: Instant::now(),
+            process: tenant_domain::process_metrics::ProcessMetrics::register(&registry)?,
             registry,
         };
         m.registry.register(Box::new(m.http_requests.clone()))?;
@@ -180,6 +183,7 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     }
     let in_use = state.db.size().saturating_sub(u32::try_from(state.db.num_idle()).unwrap_or(u32::MAX));
     m.db_connections.set(i64::from(in_use));
+    m.process.sample();
     if let Some(bytes) = super::monitoring::resident_memory() {
         m.memory.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
