@@ -8,6 +8,7 @@ mod envelope;
 mod events;
 mod faults;
 mod lifecycle;
+mod logs;
 mod monitoring;
 mod operations;
 mod plans;

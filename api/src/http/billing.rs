@@ -221,6 +221,7 @@ pub async fn change_plan(
     )
     .await?;
     tx.commit().await.map_err(Error::from)?;
+    tracing::info!(job_id = %job.id, tenant_id = %id, kind = JobKind::ChangePlan.name(), "job enqueued");
     if let Err(err) = state.queue.push(JobKind::ChangePlan, job.id, &delivery, Duration::ZERO).await {
         tracing::warn!(job = %job.id, error = %err, "job push failed after commit; left to the reconciler");
     }

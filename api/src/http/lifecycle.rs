@@ -255,6 +255,7 @@ async fn accept(
     let body = Envelope { success: true, data: Accepted { tenant, job }, meta: None };
     idempotency::complete(&mut tx, claim, StatusCode::ACCEPTED, &body).await?;
     tx.commit().await.map_err(Error::from)?;
+    tracing::info!(job_id = %job_id, tenant_id = %tenant_id, kind = kind.name(), "job enqueued");
     if let Err(err) = state.queue.push(kind, job_id, &delivery, Duration::ZERO).await {
         // Committed: the reconciler will deliver it. The client polls the job either way.
         tracing::warn!(job = %job_id, error = %err, "job push failed after commit; left to the reconciler");

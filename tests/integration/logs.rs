@@ -1,0 +1,101 @@
+//! Following one job through the JSON logs: the API process logs the enqueue (in its request's
+//! span, with the request id), the worker process logs every step of the job in a span carrying
+//! the job id, so one `grep` of the job id follows a provisioning from the request to `active`.
+
+use serde_json::{Value, json};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tenant_tests::TestApp;
+use tokio::process::{Child, Command};
+
+const API: &str = env!("CARGO_BIN_EXE_api-under-test");
+const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
+
+fn spawn_logged(app: &TestApp, exe: &str, args: &[&str], extra: &[(&str, String)], log: &std::path::Path) -> Child {
+    let file = std::fs::File::create(log).expect("log file");
+    Command::new(exe)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(&app.env)
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+        // The log goes to stdout; errors at start to stderr.
+        .stdout(Stdio::from(file.try_clone().expect("log file")))
+        .stderr(Stdio::from(file))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("process starts")
+}
+
+/// The log's JSON lines that mention `needle` anywhere.
+fn lines_with(log: &std::path::Path, needle: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains(needle))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn one_provisioning_is_followed_by_its_job_id_across_api_and_worker_logs() {
+    let app = TestApp::spawn().await;
+    let dir = std::path::PathBuf::from(tenant_tests::scratch_dir("logs"));
+    let (api_log, worker_log) = (dir.join("api.log"), dir.join("worker.log"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let hosting = [("SERVICE_HOST", "127.0.0.1".to_owned()), ("SERVICE_PORT", port.to_string())];
+    let _api = spawn_logged(&app, API, &["serve"], &hosting, &api_log);
+    let _worker = spawn_logged(&app, WORKER, &[], &[], &worker_log);
+    let base = format!("http://127.0.0.1:{port}");
+    let until = Instant::now() + Duration::from_secs(20);
+    while app.client.get(format!("{base}/livez")).send().await.is_err() {
+        assert!(Instant::now() < until, "API process did not start");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let res = app
+        .client
+        .post(format!("{base}/api/v1/tenants"))
+        .bearer_auth(app.admin_token())
+        .header("x-request-id", "req-follow-me")
+        .json(&crate::lifecycle::create_body("followed", "basic"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), reqwest::StatusCode::ACCEPTED);
+    let body: Value = res.json().await.expect("json");
+    let (job, tenant) =
+        (body["data"]["job"]["id"].as_str().expect("job"), body["data"]["tenant"]["id"].as_str().expect("tenant"));
+    assert_eq!(app.wait_job(job, Duration::from_secs(30)).await["status"], json!("succeeded"));
+
+    // The API: the enqueue, with the job, the tenant and the request it came from.
+    let enqueued = lines_with(&api_log, job);
+    let line = enqueued.iter().find(|l| l["message"] == json!("job enqueued")).expect("an enqueue line");
+    assert_eq!((line["tenant_id"].as_str(), line["kind"].as_str()), (Some(tenant), Some("provision_tenant")), "{line}");
+    assert_eq!(line["span"]["request_id"], json!("req-follow-me"), "{line}");
+
+    // The worker: every step started and succeeded in the job's span, then the job.
+    let until = Instant::now() + Duration::from_secs(5);
+    let worker_lines = loop {
+        let lines = lines_with(&worker_log, job);
+        if lines.iter().any(|l| l["message"] == json!("job succeeded")) || Instant::now() > until {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for line in &worker_lines {
+        assert_eq!(line["span"]["job_id"].as_str(), Some(job), "{line}");
+        assert_eq!(line["span"]["tenant_id"].as_str(), Some(tenant), "{line}");
+    }
+    let steps = |message: &str| -> Vec<String> {
+        worker_lines
+            .iter()
+            .filter(|l| l["message"] == json!(message))
+            .filter_map(|l| l["step"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let all = ["create_schema", "default_config", "quotas", "billing_account", "welcome_email", "activate"];
+    assert_eq!(steps("step started"), all, "{worker_lines:?}");
+    assert_eq!(steps("step succeeded"), all);
+    assert!(worker_lines.iter().any(|l| l["message"] == json!("job succeeded")));
+}
