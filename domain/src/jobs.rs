@@ -112,8 +112,8 @@ fn pending_steps(names: &[&str]) -> Vec<StepRecord> {
 pub async fn insert(db: impl PgExecutor<'_>, new: NewJob<'_>) -> Result<Job> {
     let steps = pending_steps(new.steps);
     Ok(sqlx::query_as(&format!(
-        "insert into jobs (id, kind, tenant_id, payload, steps, max_attempts, delivery_id) \
-         values ($1, $2, $3, $4, $5, $6, $7) returning {COLUMNS}"
+        "insert into jobs (id, kind, tenant_id, payload, steps, max_attempts, delivery_id, dispatched_at) \
+         values ($1, $2, $3, $4, $5, $6, $7, now()) returning {COLUMNS}"
     ))
     .bind(new.id)
     .bind(new.kind)
@@ -130,8 +130,8 @@ pub async fn insert(db: impl PgExecutor<'_>, new: NewJob<'_>) -> Result<Job> {
 pub async fn insert_scheduled(db: impl PgExecutor<'_>, new: NewJob<'_>, schedule_key: &str) -> Result<Option<Job>> {
     let steps = pending_steps(new.steps);
     Ok(sqlx::query_as(&format!(
-        "insert into jobs (id, kind, tenant_id, payload, steps, max_attempts, delivery_id, schedule_key) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict (schedule_key) do nothing returning {COLUMNS}"
+        "insert into jobs (id, kind, tenant_id, payload, steps, max_attempts, delivery_id, dispatched_at, schedule_key) \
+         values ($1, $2, $3, $4, $5, $6, $7, now(), $8) on conflict (schedule_key) do nothing returning {COLUMNS}"
     ))
     .bind(new.id)
     .bind(new.kind)
@@ -387,8 +387,6 @@ pub struct Undelivered {
     pub id: JobId,
     pub kind: String,
     pub delivery_id: Option<String>,
-    /// When to deliver it (after the backoff of an expired lease; now for a lost delivery).
-    pub due_in: sqlx::postgres::types::PgInterval,
 }
 
 /// Jobs stuck `running` whose lease ran out (their worker died): back to `retrying`, due after
@@ -401,7 +399,7 @@ pub async fn expire_leases(db: impl PgExecutor<'_>, base: Duration, max: Duratio
                  least($1 * power(2, greatest(attempts - 1, 0)), $2) * (0.5 + random() / 2)), \
              updated_at = now() \
          where status = 'running' and lease_expires_at < now() \
-         returning id, kind, delivery_id, greatest(next_attempt_at - now(), interval '0') as due_in",
+         returning id, kind, delivery_id",
     )
     .bind(base.as_secs_f64())
     .bind(max.as_secs_f64())
@@ -412,7 +410,7 @@ pub async fn expire_leases(db: impl PgExecutor<'_>, base: Duration, max: Duratio
 /// Due jobs whose latest delivery is older than `stale` (the caller checks Redis still holds it).
 pub async fn due_and_stale(db: impl PgExecutor<'_>, stale: Duration, limit: i64) -> Result<Vec<Undelivered>> {
     Ok(sqlx::query_as(
-        "select id, kind, delivery_id, interval '0' as due_in from jobs \
+        "select id, kind, delivery_id from jobs \
          where status in ('queued', 'retrying') and next_attempt_at <= now() \
            and coalesce(dispatched_at, created_at) < now() - $1 \
          order by next_attempt_at limit $2",
@@ -421,6 +419,41 @@ pub async fn due_and_stale(db: impl PgExecutor<'_>, stale: Duration, limit: i64)
     .bind(limit)
     .fetch_all(db)
     .await?)
+}
+
+/// Up to `limit` jobs that are due (queued or retrying, `next_attempt_at` passed) and have had no
+/// delivery since they became due — retries and backoffs, which are never pushed to Redis ahead
+/// of time — each given a fresh delivery id, in one short transaction (rows another dispatcher
+/// holds are skipped). The caller pushes them.
+pub async fn dispatch_due(db: &PgPool, limit: i64) -> Result<Vec<Undelivered>> {
+    let mut tx = db.begin().await?;
+    let due: Vec<(JobId, String)> = sqlx::query_as(
+        "select id, kind from jobs where status in ('queued', 'retrying') and next_attempt_at <= now() \
+             and (dispatched_at is null or dispatched_at < next_attempt_at) \
+         order by next_attempt_at limit $1 for update skip locked",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    if due.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<JobId> = due.iter().map(|(id, _)| *id).collect();
+    let deliveries: Vec<String> = due.iter().map(|_| ulid::Ulid::generate().to_string()).collect();
+    sqlx::query(
+        "update jobs set delivery_id = d.delivery, dispatched_at = now() \
+         from unnest($1::uuid[], $2::text[]) as d(id, delivery) where jobs.id = d.id",
+    )
+    .bind(&ids)
+    .bind(&deliveries)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(due
+        .into_iter()
+        .zip(deliveries)
+        .map(|((id, kind), delivery)| Undelivered { id, kind, delivery_id: Some(delivery) })
+        .collect())
 }
 
 /// Number of jobs not finished yet, by status (for metrics and health).

@@ -252,7 +252,7 @@ const MAX_EARLY_WAIT: Duration = Duration::from_secs(5);
 
 /// Claims the job; a delivery that came before the job is due (apalis schedules to the second)
 /// waits for it, or is pushed again for then.
-async fn claim_when_due(ctx: &JobContext, kind: JobKind, id: JobId) -> Result<Option<Job>, EngineError> {
+async fn claim_when_due(ctx: &JobContext, id: JobId) -> Result<Option<Job>, EngineError> {
     if let Some(job) = jobs::claim(&ctx.db, id, &ctx.worker_id, ctx.config.jobs.lease).await? {
         return Ok(Some(job));
     }
@@ -261,20 +261,14 @@ async fn claim_when_due(ctx: &JobContext, kind: JobKind, id: JobId) -> Result<Op
             tokio::time::sleep(wait).await;
             Ok(jobs::claim(&ctx.db, id, &ctx.worker_id, ctx.config.jobs.lease).await?)
         }
-        Some(wait) => {
-            let delivery = Queue::new_delivery_id();
-            jobs::record_dispatch(&ctx.db, id, &delivery).await?;
-            if let Err(err) = ctx.queue.push(kind, id, &delivery, wait).await {
-                tracing::warn!(job = %id, error = %err, "could not re-push an early delivery; left to the reconciler");
-            }
-            Ok(None)
-        }
+        // Due later: the workers' dispatcher delivers it then (`jobs::dispatch_due`).
+        Some(_) => Ok(None),
         None => Ok(None),
     }
 }
 
 async fn run_saga<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, EngineError> {
-    let Some(job) = claim_when_due(ctx, S::KIND, id).await? else {
+    let Some(job) = claim_when_due(ctx, id).await? else {
         return Ok(Outcome::NotClaimed);
     };
     let keeper = LeaseKeeper::start(ctx, id);
@@ -301,7 +295,7 @@ async fn run_saga<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, Engin
     let saga = match S::load(ctx, &job).await {
         Ok(saga) => saga,
         Err(StepError::Transient(message)) if job.attempts < job.max_attempts => {
-            return retry(ctx, S::KIND, &lease, &job, None, &message).await;
+            return retry(ctx, &lease, &job, None, &message).await;
         }
         Err(StepError::Transient(message) | StepError::Permanent(message)) => {
             let error = json!({ "code": "CANNOT_RUN", "message": message });
@@ -342,7 +336,7 @@ async fn run_saga<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, Engin
                 }
                 Err(StepError::Transient(message)) if job.attempts < job.max_attempts => {
                     lease.step_finished(index, StepStatus::Failed, Some(&message)).await?;
-                    return retry(ctx, S::KIND, &lease, &job, Some(name), &message).await;
+                    return retry(ctx, &lease, &job, Some(name), &message).await;
                 }
                 Err(err) => {
                     let (code, message) = match err {
@@ -408,7 +402,7 @@ async fn compensate<S: Saga>(
                 set_status(&mut steps, index, StepStatus::Compensated);
             }
             Err(StepError::Transient(message)) if job.attempts < job.max_attempts => {
-                return retry(ctx, S::KIND, lease, job, Some(names[index]), &format!("compensating: {message}")).await;
+                return retry(ctx, lease, job, Some(names[index]), &format!("compensating: {message}")).await;
             }
             Err(err) => {
                 let message = format!("compensation of {} failed: {err}", names[index]);
@@ -422,9 +416,7 @@ async fn compensate<S: Saga>(
     let reason = error.get("message").and_then(Value::as_str).unwrap_or("failed").to_owned();
     if let Err(err) = saga.failed(ctx, &reason, &steps).await {
         return match err {
-            StepError::Transient(m) if job.attempts < job.max_attempts => {
-                retry(ctx, S::KIND, lease, job, None, &m).await
-            }
+            StepError::Transient(m) if job.attempts < job.max_attempts => retry(ctx, lease, job, None, &m).await,
             err => {
                 let error = json!({
                     "code": "COMPENSATION_FAILED",
@@ -443,7 +435,6 @@ async fn compensate<S: Saga>(
 
 async fn retry(
     ctx: &JobContext,
-    kind: JobKind,
     lease: &Lease<'_>,
     job: &Job,
     step: Option<&str>,
@@ -455,11 +446,9 @@ async fn retry(
     if !lease.retry_later(delay, &error, &delivery).await? {
         return Ok(Outcome::LeaseLost);
     }
+    // No delayed delivery in Redis (apalis promotes every due scheduled task in one call, which
+    // fails past ~8,000): the row says when, and the dispatcher delivers it then.
     tracing::warn!(?step, %message, ?delay, "transient failure; will retry");
-    if let Err(err) = ctx.queue.push(kind, job.id, &delivery, delay).await {
-        // The row says `retrying`; the reconciler pushes it again.
-        tracing::warn!(job = %job.id, error = %err, "could not schedule the retry");
-    }
     Ok(Outcome::Retrying(delay))
 }
 
@@ -467,7 +456,7 @@ async fn release(ctx: &JobContext, kind: JobKind, lease: &Lease<'_>, job: &Job) 
     if lease.release().await? {
         let delivery = Queue::new_delivery_id();
         jobs::record_dispatch(&ctx.db, job.id, &delivery).await?;
-        if let Err(err) = ctx.queue.push(kind, job.id, &delivery, Duration::ZERO).await {
+        if let Err(err) = ctx.queue.push(kind, job.id, &delivery).await {
             tracing::warn!(job = %job.id, error = %err, "could not re-push a released job");
         }
         tracing::info!(job = %job.id, "job released for another worker");

@@ -49,13 +49,13 @@ impl Queue {
         ulid::Ulid::generate().to_string()
     }
 
-    /// Pushes one delivery of `job`, to run after `delay`.
-    pub async fn push(&self, kind: JobKind, job: JobId, delivery_id: &str, delay: Duration) -> Result<(), PushError> {
+    /// Pushes one delivery of `job`, to run now. There are no delayed deliveries: a job due
+    /// later (a retry, a backoff) waits in its row until the workers' dispatcher pushes it when
+    /// due (`jobs::dispatch_due`), in bounded batches — apalis-redis promotes every due scheduled
+    /// task in one Lua call, which fails for every worker once ~8,000 are due at once.
+    pub async fn push(&self, kind: JobKind, job: JobId, delivery_id: &str) -> Result<(), PushError> {
         let task_id = TaskId::from_str(delivery_id).map_err(|e| PushError(e.to_string()))?;
-        let mut builder = TaskBuilder::new(JobMessage { job_id: job }).task_id(task_id);
-        if !delay.is_zero() {
-            builder = builder.run_after(delay);
-        }
+        let builder = TaskBuilder::new(JobMessage { job_id: job }).task_id(task_id);
         let mut storage = self.storage(kind);
         storage.push_task(builder.build()).await.map_err(|e| PushError(e.to_string()))
     }

@@ -10,6 +10,7 @@
 //! reconciler after a few).
 
 pub mod alerts;
+pub mod dispatcher;
 pub mod metrics;
 pub mod poll;
 pub mod reconciler;
@@ -80,6 +81,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     });
     let background = [
         tokio::spawn(reconciler::run(ctx.clone())),
+        tokio::spawn(dispatcher::run(ctx.clone())),
         tokio::spawn(scheduler::run(ctx.clone())),
         tokio::spawn(scheduler::billing(ctx.clone())),
         tokio::spawn(scheduler::retention(ctx.clone())),

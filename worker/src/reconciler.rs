@@ -3,13 +3,12 @@
 //! push fails after the job's transaction committed, or when a worker dies holding a lease. Every
 //! `RECONCILE_INTERVAL_MS` one worker (a PostgreSQL advisory lock picks it):
 //! - turns jobs stuck `running` past their lease back to `retrying`, due after the job's backoff
-//!   (their worker died: a step that kills its worker is not re-run in a tight loop), and
-//!   re-delivers them for then;
+//!   (their worker died: a step that kills its worker is not re-run in a tight loop); the
+//!   dispatcher delivers them when due;
 //! - re-delivers due `queued`/`retrying` jobs whose latest delivery Redis no longer holds.
 //!
 //! A re-delivery of a job that is in fact still queued is harmless: the lease makes it a no-op.
 
-use std::time::Duration;
 use tenant_domain::jobs;
 use tenant_jobs::{JobContext, JobKind, Queue};
 
@@ -41,15 +40,17 @@ pub async fn reconcile_once(ctx: &JobContext) -> anyhow::Result<usize> {
         return Ok(0);
     }
     let (base, max) = (ctx.config.jobs.backoff_base, ctx.config.jobs.backoff_max);
-    let mut candidates = jobs::expire_leases(&mut *tx, base, max).await?;
-    for job in &candidates {
+    // Due again after their backoff: the dispatcher delivers them then.
+    let expired = jobs::expire_leases(&mut *tx, base, max).await?;
+    for job in &expired {
         tracing::warn!(job = %job.id, kind = job.kind, "lease expired; its worker is gone");
     }
     let stale = jobs::due_and_stale(&mut *tx, ctx.config.jobs.reconcile_stale_after, 1000).await?;
     tx.commit().await?;
-    for job in &candidates {
+    for job in &expired {
         ctx.progress.announce(job.id).await; // running → retrying
     }
+    let mut candidates = Vec::new();
     for job in stale {
         let Some(kind) = JobKind::from_name(&job.kind) else { continue };
         let held = match &job.delivery_id {
@@ -66,8 +67,7 @@ pub async fn reconcile_once(ctx: &JobContext) -> anyhow::Result<usize> {
         let Some(kind) = JobKind::from_name(&job.kind) else { continue };
         let delivery = Queue::new_delivery_id();
         jobs::record_dispatch(&ctx.db, job.id, &delivery).await?;
-        let due_in = Duration::from_micros(u64::try_from(job.due_in.microseconds).unwrap_or(0));
-        ctx.queue.push(kind, job.id, &delivery, due_in).await?;
+        ctx.queue.push(kind, job.id, &delivery).await?;
         redelivered += 1;
     }
     Ok(redelivered)

@@ -12,7 +12,6 @@
 //! committed change even if the API's own invalidation failed), and, when the audit or
 //! notification service URLs are set, enqueues a `deliver_event` job per service.
 
-use std::time::Duration;
 use tenant_domain::context::ContextStore;
 use tenant_domain::jobs::{self, NewJob};
 use tenant_domain::{JobId, TenantId};
@@ -142,7 +141,7 @@ async fn publish_batch(ctx: &JobContext) -> anyhow::Result<usize> {
     }
     tx.commit().await?;
     for (job, delivery) in deliveries {
-        if let Err(err) = ctx.queue.push(JobKind::DeliverEvent, job, &delivery, Duration::ZERO).await {
+        if let Err(err) = ctx.queue.push(JobKind::DeliverEvent, job, &delivery).await {
             tracing::warn!(%job, error = %err, "delivery job push failed; left to the reconciler");
         }
     }

@@ -105,6 +105,6 @@ pub async fn enqueue_tick(ctx: &JobContext, kind: JobKind, tick: i64) -> anyhow:
     )
     .await?;
     let Some(job) = job else { return Ok(false) };
-    ctx.queue.push(kind, job.id, &delivery, Duration::ZERO).await?;
+    ctx.queue.push(kind, job.id, &delivery).await?;
     Ok(true)
 }

@@ -15,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::time::Duration;
 use tenant_domain::audit;
 use tenant_domain::billing::invoicing::{self, UpcomingInvoice};
 use tenant_domain::billing::period::{Interval, Period};
@@ -222,7 +221,7 @@ pub async fn change_plan(
     .await?;
     tx.commit().await.map_err(Error::from)?;
     tracing::info!(job_id = %job.id, tenant_id = %id, kind = JobKind::ChangePlan.name(), "job enqueued");
-    if let Err(err) = state.queue.push(JobKind::ChangePlan, job.id, &delivery, Duration::ZERO).await {
+    if let Err(err) = state.queue.push(JobKind::ChangePlan, job.id, &delivery).await {
         tracing::warn!(job = %job.id, error = %err, "job push failed after commit; left to the reconciler");
     }
     state.metrics.operation("change_plan", true, started);

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tenant_domain::audit;
 use tenant_domain::jobs::{self, Job, NewJob};
 use tenant_domain::tenants::{self, ChangeContext, NewTenant, Tenant};
@@ -256,7 +256,7 @@ async fn accept(
     idempotency::complete(&mut tx, claim, StatusCode::ACCEPTED, &body).await?;
     tx.commit().await.map_err(Error::from)?;
     tracing::info!(job_id = %job_id, tenant_id = %tenant_id, kind = kind.name(), "job enqueued");
-    if let Err(err) = state.queue.push(kind, job_id, &delivery, Duration::ZERO).await {
+    if let Err(err) = state.queue.push(kind, job_id, &delivery).await {
         // Committed: the reconciler will deliver it. The client polls the job either way.
         tracing::warn!(job = %job_id, error = %err, "job push failed after commit; left to the reconciler");
     }
