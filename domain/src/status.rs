@@ -1,6 +1,9 @@
 //! The tenant lifecycle: `provisioning → active ⇄ suspended → deleting → deleted`, and `failed`
 //! when provisioning fails for good; a restore takes a `deleted` tenant back to `provisioning`.
-//! Every other move is refused.
+//! Two moves undo a job that failed before it destroyed anything: a deletion called off returns
+//! a `deleting` tenant to the status it had (active, suspended or failed), and a restore that
+//! failed returns a `provisioning` tenant to `deleted`. Every other move is refused — by
+//! [`crate::tenants::transition`], the one function that changes a tenant's status.
 
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +54,10 @@ impl TenantStatus {
                 | (Failed, Deleting)
                 | (Deleting, Deleted)
                 | (Deleted, Provisioning)
+                | (Deleting, Active)
+                | (Deleting, Suspended)
+                | (Deleting, Failed)
+                | (Provisioning, Deleted)
         )
     }
 
@@ -78,6 +85,10 @@ mod tests {
             (Failed, Deleting),
             (Deleting, Deleted),
             (Deleted, Provisioning),
+            (Deleting, Active),
+            (Deleting, Suspended),
+            (Deleting, Failed),
+            (Provisioning, Deleted),
         ];
         for from in TenantStatus::ALL {
             for to in TenantStatus::ALL {

@@ -186,6 +186,13 @@ pub struct ChangeContext {
     pub request_id: Option<String>,
 }
 
+impl ChangeContext {
+    /// Changes the service makes itself (jobs).
+    pub fn system() -> Self {
+        ChangeContext { actor: Actor::System, request_id: None }
+    }
+}
+
 pub async fn update(db: &PgPool, id: TenantId, change: &TenantUpdate, ctx: &ChangeContext) -> Result<Tenant> {
     let mut tx = db.begin().await?;
     let old = get_for_update(&mut tx, id).await?;
@@ -232,6 +239,93 @@ fn editable_view(t: &Tenant) -> Value {
     json!({ "name": t.name, "domain": t.domain, "settings": t.settings, "ownerId": t.owner_id })
 }
 
+/// A change of a tenant's status, with what it records besides.
+pub struct Transition<'a> {
+    pub to: TenantStatus,
+    /// Shown as the tenant's `statusReason` (cleared when `None`).
+    pub reason: Option<&'a str>,
+    /// The audit action, e.g. `tenant.activate`.
+    pub action: &'a str,
+    /// The event written with the move: `tenant.status_changed` (`{from, to, reason}` plus these
+    /// fields) unless the move has one of its own (`tenant.created`, `tenant.deleted`, …).
+    pub event: Option<(&'static str, Value)>,
+    /// Extra fields of the default `tenant.status_changed` event and of the audit row's new value.
+    pub detail: Value,
+}
+
+/// What [`transition`] did.
+pub enum Moved {
+    /// The tenant moved; its event and audit row are written.
+    Now(Tenant),
+    /// It already had that status (a repeated step): only the reason was updated, nothing else
+    /// written.
+    Already(Tenant),
+}
+
+/// The one way a tenant's status changes, in the caller's transaction: locks the row, enforces
+/// the lifecycle ([`TenantStatus::can_become`], else `INVALID_STATE`), sets the status, its reason
+/// and timestamps (`suspended_at`, `deleted_at`), and writes the audit row and the event in the
+/// same transaction. Idempotent: a tenant already in `to` is left as it is.
+pub async fn transition(
+    conn: &mut PgConnection,
+    id: TenantId,
+    t: Transition<'_>,
+    ctx: &ChangeContext,
+) -> Result<Moved> {
+    let old = get_for_update(conn, id).await?;
+    if old.status == t.to {
+        let same: Tenant =
+            sqlx::query_as(&format!("update tenants set status_reason = $2 where id = $1 returning {COLUMNS}"))
+                .bind(id)
+                .bind(t.reason)
+                .fetch_one(&mut *conn)
+                .await?;
+        return Ok(Moved::Already(same));
+    }
+    if !old.status.can_become(t.to) {
+        return Err(Error::InvalidState {
+            message: format!("cannot move a tenant from {} to {}", old.status.as_str(), t.to.as_str()),
+        });
+    }
+    let new: Tenant = sqlx::query_as(&format!(
+        "update tenants set status = $2, status_reason = $3, updated_at = now(), \
+             suspended_at = case when $2 = 'suspended'::tenant_status_enum then now() else null end, \
+             deleted_at = case when $2 = 'deleted'::tenant_status_enum then coalesce(deleted_at, now()) \
+                               when $2 = 'active'::tenant_status_enum then null else deleted_at end \
+         where id = $1 returning {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(t.to)
+    .bind(t.reason)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(Error::from_db)?;
+    let mut new_value = json!({ "status": t.to, "reason": t.reason });
+    let mut event_data = json!({ "from": old.status, "to": t.to, "reason": t.reason });
+    if let Value::Object(detail) = &t.detail {
+        for (k, v) in detail {
+            new_value[k] = v.clone();
+            event_data[k] = v.clone();
+        }
+    }
+    audit::record(
+        &mut *conn,
+        audit::Entry {
+            tenant: Some(id),
+            actor: &ctx.actor,
+            action: t.action,
+            resource: Some(format!("tenants/{id}")),
+            old_value: Some(json!({ "status": old.status })),
+            new_value: Some(new_value),
+            request_id: ctx.request_id.as_deref(),
+        },
+    )
+    .await?;
+    let (event_type, data) = t.event.unwrap_or((events::TENANT_STATUS_CHANGED, event_data));
+    events::record(&mut *conn, id, event_type, data).await?;
+    Ok(Moved::Now(new))
+}
+
 /// An administrator's lifecycle move (suspend / reactivate), in the caller's transaction. Any
 /// move the lifecycle or the administrator may not make is [`Error::InvalidState`].
 pub async fn set_status(
@@ -250,37 +344,10 @@ pub async fn set_status(
             message: format!("cannot move a tenant from {} to {}", old.status.as_str(), to.as_str()),
         });
     }
-    let new: Tenant = sqlx::query_as(&format!(
-        "update tenants set status = $2, status_reason = $3, updated_at = now(), \
-             suspended_at = case when $2 = 'suspended'::tenant_status_enum then now() else null end \
-         where id = $1 returning {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(to)
-    .bind(reason)
-    .fetch_one(&mut *tx)
-    .await?;
-    audit::record(
-        &mut *tx,
-        audit::Entry {
-            tenant: Some(id),
-            actor: &ctx.actor,
-            action: "tenant.status_change",
-            resource: Some(format!("tenants/{id}")),
-            old_value: Some(json!({ "status": old.status })),
-            new_value: Some(json!({ "status": to, "reason": reason })),
-            request_id: ctx.request_id.as_deref(),
-        },
-    )
-    .await?;
-    events::record(
-        &mut *tx,
-        id,
-        events::TENANT_STATUS_CHANGED,
-        json!({ "from": old.status, "to": to, "reason": reason }),
-    )
-    .await?;
-    Ok(new)
+    let t = Transition { to, reason, action: "tenant.status_change", event: None, detail: json!({}) };
+    match transition(tx, id, t, ctx).await? {
+        Moved::Now(tenant) | Moved::Already(tenant) => Ok(tenant),
+    }
 }
 
 /// Moves the tenant to `deleting` (from active, suspended or failed), in the caller's
@@ -317,29 +384,10 @@ async fn move_status(
     ctx: &ChangeContext,
     action: &str,
 ) -> Result<Tenant> {
-    let new: Tenant = sqlx::query_as(&format!(
-        "update tenants set status = $2, status_reason = null, updated_at = now() where id = $1 returning {COLUMNS}"
-    ))
-    .bind(old.id)
-    .bind(to)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(Error::from_db)?;
-    audit::record(
-        &mut *conn,
-        audit::Entry {
-            tenant: Some(old.id),
-            actor: &ctx.actor,
-            action,
-            resource: Some(format!("tenants/{}", old.id)),
-            old_value: Some(json!({ "status": old.status })),
-            new_value: Some(json!({ "status": to })),
-            request_id: ctx.request_id.as_deref(),
-        },
-    )
-    .await?;
-    events::record(&mut *conn, old.id, events::TENANT_STATUS_CHANGED, json!({ "from": old.status, "to": to })).await?;
-    Ok(new)
+    let t = Transition { to, reason: None, action, event: None, detail: json!({}) };
+    match transition(conn, old.id, t, ctx).await? {
+        Moved::Now(tenant) | Moved::Already(tenant) => Ok(tenant),
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU64, Ordering};
-use tenant_domain::audit::Actor;
 use tenant_domain::billing::period;
 use tenant_domain::billing::{invoicing, store};
 use tenant_domain::jobs::{Job, StepRecord};
@@ -169,7 +168,7 @@ pub async fn dunning(ctx: &JobContext, at: DateTime<Utc>) -> Result<u64, StepErr
         if current.status != TenantStatus::Active {
             continue;
         }
-        let ctx_change = ChangeContext { actor: Actor::System, request_id: None };
+        let ctx_change = ChangeContext::system();
         tenants::set_status(&mut tx, tenant, TenantStatus::Suspended, Some("payment overdue"), &ctx_change).await?;
         sqlx::query(
             "update billing_accounts set dunning_suspended_at = now(), updated_at = now() where tenant_id = $1",

@@ -12,11 +12,10 @@ use crate::engine::{self, Saga, StepError};
 use crate::kinds::JobKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tenant_domain::audit::{self, Actor};
 use tenant_domain::backup::{self, BackupStore};
 use tenant_domain::jobs::{Job, StepRecord, StepStatus};
 use tenant_domain::mail::{self, OutgoingMail};
-use tenant_domain::tenants::{self, Tenant};
+use tenant_domain::tenants::{self, ChangeContext, Tenant, Transition};
 use tenant_domain::{JobId, TenantId, TenantStatus, events, tenant_schema};
 
 pub const STEPS: &[&str] =
@@ -118,26 +117,18 @@ impl Saga for Delete {
         } else {
             (self.previous_status, format!("deletion called off: {reason}"))
         };
+        let t = Transition {
+            to: status,
+            reason: Some(&note),
+            action: "tenant.delete_failed",
+            event: None,
+            detail: json!({ "jobId": self.job }),
+        };
         let mut tx = ctx.db.begin().await?;
-        let changed = sqlx::query(
-            "update tenants set status = $2, status_reason = $3, updated_at = now() where id = $1 and status = 'deleting'",
-        )
-        .bind(self.tenant.id)
-        .bind(status)
-        .bind(&note)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed == 1 && status != TenantStatus::Deleting {
-            events::record(
-                &mut *tx,
-                self.tenant.id,
-                events::TENANT_STATUS_CHANGED,
-                json!({
-                    "from": "deleting", "to": status, "reason": note, "jobId": self.job
-                }),
-            )
-            .await?;
+        match tenants::transition(&mut tx, self.tenant.id, t, &ChangeContext::system()).await {
+            // Not deleting any more: nothing to record.
+            Ok(_) | Err(tenant_domain::Error::InvalidState { .. }) => {}
+            Err(err) => return Err(err.into()),
         }
         tx.commit().await?;
         Ok(())
@@ -213,40 +204,20 @@ impl Delete {
     }
 
     async fn finalize(&self, ctx: &JobContext) -> Result<(), StepError> {
+        let t = Transition {
+            to: TenantStatus::Deleted,
+            reason: None,
+            action: "tenant.delete",
+            event: Some((events::TENANT_DELETED, json!({ "slug": self.tenant.slug, "backupId": self.backup_id() }))),
+            detail: json!({ "backupId": self.backup_id() }),
+        };
         let mut tx = ctx.db.begin().await?;
-        let changed = sqlx::query(
-            "update tenants set status = 'deleted', deleted_at = now(), last_backup_id = $2, status_reason = null, \
-                 updated_at = now() where id = $1 and status = 'deleting'",
-        )
-        .bind(self.tenant.id)
-        .bind(self.backup_id())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed == 1 {
-            events::record(
-                &mut *tx,
-                self.tenant.id,
-                events::TENANT_DELETED,
-                json!({
-                    "slug": self.tenant.slug, "backupId": self.backup_id()
-                }),
-            )
+        tenants::transition(&mut tx, self.tenant.id, t, &ChangeContext::system()).await?;
+        sqlx::query("update tenants set last_backup_id = $2 where id = $1")
+            .bind(self.tenant.id)
+            .bind(self.backup_id())
+            .execute(&mut *tx)
             .await?;
-            audit::record(
-                &mut *tx,
-                audit::Entry {
-                    tenant: Some(self.tenant.id),
-                    actor: &Actor::System,
-                    action: "tenant.delete",
-                    resource: Some(format!("tenants/{}", self.tenant.id)),
-                    old_value: Some(json!({ "status": "deleting" })),
-                    new_value: Some(json!({ "status": "deleted", "backupId": self.backup_id() })),
-                    request_id: None,
-                },
-            )
-            .await?;
-        }
         tx.commit().await?;
         Ok(())
     }

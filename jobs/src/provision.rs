@@ -8,13 +8,12 @@ use crate::engine::{self, Saga, StepError};
 use crate::kinds::JobKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tenant_domain::audit::{self, Actor};
 use tenant_domain::jobs::{Job, StepRecord};
 use tenant_domain::mail::{self, OutgoingMail};
 use tenant_domain::plans::{self, Plan};
 use tenant_domain::quota::store as quotas;
-use tenant_domain::tenants::{self, Tenant};
-use tenant_domain::{JobId, TenantId, events, tenant_config, tenant_schema};
+use tenant_domain::tenants::{self, ChangeContext, Tenant, Transition};
+use tenant_domain::{JobId, TenantId, TenantStatus, events, tenant_config, tenant_schema};
 
 pub const STEPS: &[&str] =
     &["create_schema", "default_config", "quotas", "billing_account", "welcome_email", "activate"];
@@ -102,26 +101,18 @@ impl Saga for Provision {
     }
 
     async fn failed(&self, ctx: &JobContext, reason: &str, _steps: &[StepRecord]) -> Result<(), StepError> {
+        let t = Transition {
+            to: TenantStatus::Failed,
+            reason: Some(reason),
+            action: "tenant.provision_failed",
+            event: None,
+            detail: json!({ "jobId": self.job }),
+        };
         let mut tx = ctx.db.begin().await?;
-        let changed = sqlx::query(
-            "update tenants set status = 'failed', status_reason = $2, updated_at = now() \
-             where id = $1 and status = 'provisioning'",
-        )
-        .bind(self.tenant.id)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed == 1 {
-            events::record(
-                &mut *tx,
-                self.tenant.id,
-                events::TENANT_STATUS_CHANGED,
-                json!({
-                    "from": "provisioning", "to": "failed", "reason": reason, "jobId": self.job
-                }),
-            )
-            .await?;
+        match tenants::transition(&mut tx, self.tenant.id, t, &ChangeContext::system()).await {
+            // Not provisioning any more (an operator moved it): nothing to record.
+            Ok(_) | Err(tenant_domain::Error::InvalidState { .. }) => {}
+            Err(err) => return Err(err.into()),
         }
         tx.commit().await?;
         Ok(())
@@ -134,46 +125,18 @@ impl Saga for Provision {
 
 /// `provisioning → active`, with `tenant.created` written in the same transaction (once).
 async fn activate(ctx: &JobContext, tenant: &Tenant) -> Result<(), StepError> {
-    let mut tx = ctx.db.begin().await?;
-    let status: Option<String> = sqlx::query_scalar(
-        "update tenants set status = 'active', status_reason = null, updated_at = now() \
-         where id = $1 and status = 'provisioning' returning status::text",
-    )
-    .bind(tenant.id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if status.is_some() {
-        events::record(
-            &mut *tx,
-            tenant.id,
+    let t = Transition {
+        to: TenantStatus::Active,
+        reason: None,
+        action: "tenant.activate",
+        event: Some((
             events::TENANT_CREATED,
-            json!({
-                "name": tenant.name, "slug": tenant.slug, "planId": tenant.plan_id
-            }),
-        )
-        .await?;
-        audit::record(
-            &mut *tx,
-            audit::Entry {
-                tenant: Some(tenant.id),
-                actor: &Actor::System,
-                action: "tenant.activate",
-                resource: Some(format!("tenants/{}", tenant.id)),
-                old_value: Some(json!({ "status": "provisioning" })),
-                new_value: Some(json!({ "status": "active" })),
-                request_id: None,
-            },
-        )
-        .await?;
-    } else {
-        let current = tenants::get(&mut *tx, tenant.id).await?;
-        if current.status != tenant_domain::TenantStatus::Active {
-            return Err(StepError::Permanent(format!(
-                "tenant is {} and cannot become active",
-                current.status.as_str()
-            )));
-        }
-    }
+            json!({ "name": tenant.name, "slug": tenant.slug, "planId": tenant.plan_id }),
+        )),
+        detail: json!({}),
+    };
+    let mut tx = ctx.db.begin().await?;
+    tenants::transition(&mut tx, tenant.id, t, &ChangeContext::system()).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -9,11 +9,10 @@ use crate::engine::{self, Saga, StepError};
 use crate::kinds::JobKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tenant_domain::audit::{self, Actor};
 use tenant_domain::backup::{self, Archive};
 use tenant_domain::jobs::{Job, StepRecord};
-use tenant_domain::tenants::{self, Tenant};
-use tenant_domain::{JobId, TenantId, events, tenant_schema};
+use tenant_domain::tenants::{self, ChangeContext, Tenant, Transition};
+use tenant_domain::{JobId, TenantId, TenantStatus, events, tenant_schema};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
@@ -163,14 +162,20 @@ impl Saga for Restore {
     }
 
     async fn failed(&self, ctx: &JobContext, reason: &str, _steps: &[StepRecord]) -> Result<(), StepError> {
-        sqlx::query(
-            "update tenants set status = 'deleted', status_reason = $2, updated_at = now() \
-             where id = $1 and status = 'provisioning'",
-        )
-        .bind(self.tenant.id)
-        .bind(format!("restore failed: {reason}"))
-        .execute(&ctx.db)
-        .await?;
+        let note = format!("restore failed: {reason}");
+        let t = Transition {
+            to: TenantStatus::Deleted,
+            reason: Some(&note),
+            action: "tenant.restore_failed",
+            event: None,
+            detail: json!({ "jobId": self.job }),
+        };
+        let mut tx = ctx.db.begin().await?;
+        match tenants::transition(&mut tx, self.tenant.id, t, &ChangeContext::system()).await {
+            Ok(_) | Err(tenant_domain::Error::InvalidState { .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -185,32 +190,15 @@ fn archive_plan(archive: &Archive) -> Option<Uuid> {
 
 impl Restore {
     async fn activate(&self, ctx: &JobContext) -> Result<(), StepError> {
+        let t = Transition {
+            to: TenantStatus::Active,
+            reason: None,
+            action: "tenant.restore",
+            event: Some((events::TENANT_RESTORED, json!({ "backupId": self.backup_id }))),
+            detail: json!({ "backupId": self.backup_id }),
+        };
         let mut tx = ctx.db.begin().await?;
-        let changed = sqlx::query(
-            "update tenants set status = 'active', deleted_at = null, status_reason = null, updated_at = now() \
-             where id = $1 and status = 'provisioning'",
-        )
-        .bind(self.tenant.id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed == 1 {
-            events::record(&mut *tx, self.tenant.id, events::TENANT_RESTORED, json!({ "backupId": self.backup_id }))
-                .await?;
-            audit::record(
-                &mut *tx,
-                audit::Entry {
-                    tenant: Some(self.tenant.id),
-                    actor: &Actor::System,
-                    action: "tenant.restore",
-                    resource: Some(format!("tenants/{}", self.tenant.id)),
-                    old_value: Some(json!({ "status": "deleted" })),
-                    new_value: Some(json!({ "status": "active", "backupId": self.backup_id })),
-                    request_id: None,
-                },
-            )
-            .await?;
-        }
+        tenants::transition(&mut tx, self.tenant.id, t, &ChangeContext::system()).await?;
         tx.commit().await?;
         Ok(())
     }
