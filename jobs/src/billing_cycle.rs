@@ -43,6 +43,7 @@ pub struct BillingCycle {
 
 impl Saga for BillingCycle {
     const KIND: JobKind = JobKind::BillingCycle;
+    const STEPS: &'static [&'static str] = STEPS;
 
     async fn load(_ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: BillingCyclePayload = engine::payload(job)?;

@@ -314,6 +314,7 @@ impl ChangePlan {
 
 impl Saga for ChangePlan {
     const KIND: JobKind = JobKind::ChangePlan;
+    const STEPS: &'static [&'static str] = STEPS;
 
     async fn load(ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: ChangePlanPayload = engine::payload(job)?;

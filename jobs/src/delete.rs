@@ -51,6 +51,7 @@ impl Delete {
 
 impl Saga for Delete {
     const KIND: JobKind = JobKind::DeleteTenant;
+    const STEPS: &'static [&'static str] = STEPS;
 
     async fn load(ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: DeletePayload = engine::payload(job)?;

@@ -54,6 +54,7 @@ pub fn event_json(
 
 impl Saga for Deliver {
     const KIND: JobKind = JobKind::DeliverEvent;
+    const STEPS: &'static [&'static str] = STEPS;
 
     async fn load(ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: DeliverPayload = engine::payload(job)?;

@@ -103,6 +103,9 @@ pub fn step_key(job: JobId, step: &str) -> String {
 pub trait Saga: Sized + Send + Sync {
     const KIND: JobKind;
 
+    /// The steps, in order, as recorded in the job row.
+    const STEPS: &'static [&'static str];
+
     /// Loads what the steps need, from the job's payload and the database.
     fn load(ctx: &JobContext, job: &Job) -> impl Future<Output = Result<Self, StepError>> + Send;
 
@@ -144,32 +147,6 @@ pub enum Outcome {
 #[derive(Debug, thiserror::Error)]
 #[error("job bookkeeping failed: {0}")]
 pub struct EngineError(#[from] tenant_domain::Error);
-
-/// Runs one delivery of job `id`, whatever its kind.
-pub async fn run(ctx: &JobContext, kind: JobKind, id: JobId) -> Result<Outcome, EngineError> {
-    // Every line logged while this delivery runs (steps, store failures) carries these fields.
-    let span = tracing::info_span!(
-        "job",
-        job_id = %id,
-        kind = kind.name(),
-        tenant_id = tracing::field::Empty,
-        attempt = tracing::field::Empty
-    );
-    dispatch(ctx, kind, id).instrument(span).await
-}
-
-async fn dispatch(ctx: &JobContext, kind: JobKind, id: JobId) -> Result<Outcome, EngineError> {
-    match kind {
-        JobKind::ProvisionTenant => run_saga::<crate::provision::Provision>(ctx, id).await,
-        JobKind::DeleteTenant => run_saga::<crate::delete::Delete>(ctx, id).await,
-        JobKind::RestoreTenant => run_saga::<crate::restore::Restore>(ctx, id).await,
-        JobKind::QuotaRollup => run_saga::<crate::rollup::Rollup>(ctx, id).await,
-        JobKind::DeliverEvent => run_saga::<crate::deliver::Deliver>(ctx, id).await,
-        JobKind::ChangePlan => run_saga::<crate::change_plan::ChangePlan>(ctx, id).await,
-        JobKind::BillingCycle => run_saga::<crate::billing_cycle::BillingCycle>(ctx, id).await,
-        JobKind::Retention => run_saga::<crate::retention::Retention>(ctx, id).await,
-    }
-}
 
 pub fn backoff(ctx: &JobContext, attempts: i32) -> Duration {
     let s = &ctx.config.jobs;
@@ -267,7 +244,20 @@ async fn claim_when_due(ctx: &JobContext, id: JobId) -> Result<Option<Job>, Engi
     }
 }
 
-async fn run_saga<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, EngineError> {
+/// Runs one delivery of job `id` as saga `S`, in a span carrying the job's id, kind, tenant and
+/// attempt (every line logged meanwhile — steps, store failures — carries them).
+pub async fn run_saga<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, EngineError> {
+    let span = tracing::info_span!(
+        "job",
+        job_id = %id,
+        kind = S::KIND.name(),
+        tenant_id = tracing::field::Empty,
+        attempt = tracing::field::Empty
+    );
+    deliver::<S>(ctx, id).instrument(span).await
+}
+
+async fn deliver<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, EngineError> {
     let Some(job) = claim_when_due(ctx, id).await? else {
         return Ok(Outcome::NotClaimed);
     };
@@ -305,7 +295,7 @@ async fn run_saga<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, Engin
         }
     };
     let mut steps = job.steps.0.clone();
-    let names = S::KIND.steps();
+    let names = S::STEPS;
 
     if job.phase != "compensating" {
         for (index, name) in names.iter().enumerate() {
@@ -382,7 +372,7 @@ async fn compensate<S: Saga>(
     mut steps: Vec<StepRecord>,
     error: &Value,
 ) -> Result<Outcome, EngineError> {
-    let names = S::KIND.steps();
+    let names = S::STEPS;
     for index in (0..names.len()).rev() {
         let status = steps.get(index).map(|s| s.status);
         if !matches!(status, Some(StepStatus::Succeeded | StepStatus::Failed | StepStatus::Running)) {

@@ -58,19 +58,6 @@ impl JobKind {
     pub fn from_name(name: &str) -> Option<JobKind> {
         JobKind::ALL.into_iter().find(|k| k.name() == name)
     }
-
-    pub fn steps(self) -> &'static [&'static str] {
-        match self {
-            JobKind::ProvisionTenant => crate::provision::STEPS,
-            JobKind::DeleteTenant => crate::delete::STEPS,
-            JobKind::RestoreTenant => crate::restore::STEPS,
-            JobKind::QuotaRollup => crate::rollup::STEPS,
-            JobKind::DeliverEvent => crate::deliver::STEPS,
-            JobKind::ChangePlan => crate::change_plan::STEPS,
-            JobKind::BillingCycle => crate::billing_cycle::STEPS,
-            JobKind::Retention => crate::retention::STEPS,
-        }
-    }
 }
 
 /// What travels through Redis: the id of the job row, nothing else.

@@ -40,6 +40,7 @@ impl Provision {
 
 impl Saga for Provision {
     const KIND: JobKind = JobKind::ProvisionTenant;
+    const STEPS: &'static [&'static str] = STEPS;
 
     async fn load(ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: ProvisionPayload = engine::payload(job)?;

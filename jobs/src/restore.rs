@@ -81,6 +81,7 @@ impl Restore {
 
 impl Saga for Restore {
     const KIND: JobKind = JobKind::RestoreTenant;
+    const STEPS: &'static [&'static str] = STEPS;
 
     async fn load(ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: RestorePayload = engine::payload(job)?;

@@ -72,6 +72,7 @@ impl Retention {
 
 impl Saga for Retention {
     const KIND: JobKind = JobKind::Retention;
+    const STEPS: &'static [&'static str] = STEPS;
 
     async fn load(_ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: RetentionPayload = engine::payload(job)?;

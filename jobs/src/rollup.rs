@@ -29,6 +29,7 @@ pub struct Rollup {
 
 impl Saga for Rollup {
     const KIND: JobKind = JobKind::QuotaRollup;
+    const STEPS: &'static [&'static str] = STEPS;
 
     async fn load(_ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: RollupPayload = engine::payload(job)?;

@@ -182,7 +182,7 @@ async fn handle(
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
     let started = std::time::Instant::now();
-    let result = engine::run(&ctx, *kind, message.job_id).await;
+    let result = tenant_jobs::run(&ctx, *kind, message.job_id).await;
     let outcome = match &result {
         Ok(o) => match o {
             engine::Outcome::Succeeded => "succeeded",

@@ -130,7 +130,7 @@ async fn publish_batch(ctx: &JobContext) -> anyhow::Result<usize> {
                     kind: JobKind::DeliverEvent.name(),
                     tenant: None,
                     payload: serde_json::to_value(DeliverPayload { event_id: *id, target })?,
-                    steps: JobKind::DeliverEvent.steps(),
+                    steps: tenant_jobs::steps(JobKind::DeliverEvent),
                     max_attempts: ctx.config.jobs.max_attempts,
                     delivery_id: delivery.clone(),
                 },

@@ -97,7 +97,7 @@ pub async fn enqueue_tick(ctx: &JobContext, kind: JobKind, tick: i64) -> anyhow:
             kind: kind.name(),
             tenant: None,
             payload: json!({ "at": at }),
-            steps: kind.steps(),
+            steps: tenant_jobs::steps(kind),
             max_attempts: ctx.config.jobs.max_attempts,
             delivery_id: delivery.clone(),
         },

@@ -190,7 +190,7 @@ pub async fn change_plan(
             kind: JobKind::ChangePlan.name(),
             tenant: Some(id),
             payload,
-            steps: JobKind::ChangePlan.steps(),
+            steps: tenant_jobs::steps(JobKind::ChangePlan),
             max_attempts: state.config.jobs.max_attempts,
             delivery_id: delivery.clone(),
         },

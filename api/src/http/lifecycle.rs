@@ -281,7 +281,7 @@ async fn insert_job(
             kind: kind.name(),
             tenant: Some(tenant),
             payload,
-            steps: kind.steps(),
+            steps: tenant_jobs::steps(kind),
             max_attempts: state.config.jobs.max_attempts,
             delivery_id: delivery.to_owned(),
         },

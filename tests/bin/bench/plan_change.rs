@@ -196,7 +196,7 @@ async fn reference_run(concurrency: usize) -> anyhow::Result<(Duration, crate::s
         )
         .await?;
         tx.commit().await?;
-        let outcome = engine::run(&ctx, JobKind::ProvisionTenant, job).await?;
+        let outcome = tenant_jobs::run(&ctx, JobKind::ProvisionTenant, job).await?;
         anyhow::ensure!(outcome == engine::Outcome::Succeeded, "reference provisioning ended {outcome:?}");
         tenants_ids.push(tenant.id);
     }
@@ -221,7 +221,7 @@ async fn reference_run(concurrency: usize) -> anyhow::Result<(Duration, crate::s
         let (ctx, permits) = (ctx.clone(), permits.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await?;
-            let outcome = engine::run(&ctx, JobKind::ChangePlan, id).await?;
+            let outcome = tenant_jobs::run(&ctx, JobKind::ChangePlan, id).await?;
             anyhow::ensure!(outcome == engine::Outcome::Succeeded, "reference plan change ended {outcome:?}");
             Ok(started.elapsed())
         }));
@@ -247,7 +247,7 @@ async fn insert_job(
             kind: kind.name(),
             tenant: Some(tenant),
             payload,
-            steps: kind.steps(),
+            steps: tenant_jobs::steps(kind),
             max_attempts: config.jobs.max_attempts,
             delivery_id: Queue::new_delivery_id(),
         },

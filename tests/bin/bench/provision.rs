@@ -182,7 +182,7 @@ async fn reference_run(concurrency: usize) -> anyhow::Result<(Duration, crate::s
                 kind: JobKind::ProvisionTenant.name(),
                 tenant: Some(tenant.id),
                 payload: serde_json::to_value(ProvisionPayload { tenant_id: tenant.id })?,
-                steps: JobKind::ProvisionTenant.steps(),
+                steps: tenant_jobs::steps(JobKind::ProvisionTenant),
                 max_attempts: config.jobs.max_attempts,
                 delivery_id: Queue::new_delivery_id(),
             },
@@ -198,7 +198,7 @@ async fn reference_run(concurrency: usize) -> anyhow::Result<(Duration, crate::s
         let (ctx, permits) = (ctx.clone(), permits.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await?;
-            let outcome = engine::run(&ctx, JobKind::ProvisionTenant, id).await?;
+            let outcome = tenant_jobs::run(&ctx, JobKind::ProvisionTenant, id).await?;
             anyhow::ensure!(outcome == engine::Outcome::Succeeded, "reference job ended {outcome:?}");
             // Like the service's figure: from the moment all jobs exist to this one's end.
             Ok(started.elapsed())
