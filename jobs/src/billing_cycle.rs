@@ -26,7 +26,13 @@ use tenant_domain::jobs::{Job, StepRecord};
 use tenant_domain::tenants::{self, ChangeContext};
 use tenant_domain::{TenantId, TenantStatus, billing, db, events, plans};
 
-pub const STEPS: &[&str] = &["close_periods", "dunning"];
+crate::steps! {
+    /// The steps, in order; their names are what the job row records.
+    pub enum BillingCycleStep {
+        ClosePeriods => "close_periods",
+        Dunning => "dunning",
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -43,29 +49,28 @@ pub struct BillingCycle {
 
 impl Saga for BillingCycle {
     const KIND: JobKind = JobKind::BillingCycle;
-    const STEPS: &'static [&'static str] = STEPS;
+    type Step = BillingCycleStep;
 
     async fn load(_ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: BillingCyclePayload = engine::payload(job)?;
         Ok(BillingCycle { at: payload.at, issued: AtomicU64::new(0), suspended: AtomicU64::new(0) })
     }
 
-    async fn run(&self, ctx: &JobContext, step: &str) -> Result<(), StepError> {
+    async fn run(&self, ctx: &JobContext, step: BillingCycleStep) -> Result<(), StepError> {
         match step {
-            "close_periods" => {
+            BillingCycleStep::ClosePeriods => {
                 let n = close_periods(ctx, self.at).await?;
                 self.issued.store(n, Ordering::Relaxed);
             }
-            "dunning" => {
+            BillingCycleStep::Dunning => {
                 let n = dunning(ctx, self.at).await?;
                 self.suspended.store(n, Ordering::Relaxed);
             }
-            other => return Err(StepError::Permanent(format!("unknown step {other}"))),
         }
         Ok(())
     }
 
-    async fn compensate(&self, _ctx: &JobContext, _step: &str) -> Result<(), StepError> {
+    async fn compensate(&self, _ctx: &JobContext, _step: BillingCycleStep) -> Result<(), StepError> {
         Ok(())
     }
 

@@ -11,7 +11,7 @@
 //! disagree silently. A transient failure retries from the failed step.
 
 use crate::context::JobContext;
-use crate::engine::{self, Saga, StepError};
+use crate::engine::{self, Saga, Step, StepError};
 use crate::kinds::JobKind;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -30,14 +30,17 @@ use tenant_domain::tenants::{self, Tenant};
 use tenant_domain::{JobId, PlanId, TenantId, db, events};
 use uuid::Uuid;
 
-pub const STEPS: &[&str] = &[
-    "compute_proration",
-    "update_subscription",
-    "apply_plan",
-    "record_invoice_lines",
-    "confirmation_email",
-    "publish_event",
-];
+crate::steps! {
+    /// The steps, in order; their names are what the job row records.
+    pub enum ChangePlanStep {
+        ComputeProration => "compute_proration",
+        UpdateSubscription => "update_subscription",
+        ApplyPlan => "apply_plan",
+        RecordInvoiceLines => "record_invoice_lines",
+        ConfirmationEmail => "confirmation_email",
+        PublishEvent => "publish_event",
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -314,7 +317,7 @@ impl ChangePlan {
 
 impl Saga for ChangePlan {
     const KIND: JobKind = JobKind::ChangePlan;
-    const STEPS: &'static [&'static str] = STEPS;
+    type Step = ChangePlanStep;
 
     async fn load(ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: ChangePlanPayload = engine::payload(job)?;
@@ -331,38 +334,37 @@ impl Saga for ChangePlan {
         Ok(saga)
     }
 
-    async fn run(&self, ctx: &JobContext, step: &str) -> Result<(), StepError> {
+    async fn run(&self, ctx: &JobContext, step: ChangePlanStep) -> Result<(), StepError> {
         match step {
-            "compute_proration" => self.compute(ctx).await,
-            "update_subscription" => {
+            ChangePlanStep::ComputeProration => self.compute(ctx).await,
+            ChangePlanStep::UpdateSubscription => {
                 let change = self.change(ctx).await?;
-                self.move_subscription(ctx, change.to_plan_id, &change.to_interval, &self.key(step)).await
+                self.move_subscription(ctx, change.to_plan_id, &change.to_interval, &self.key(step.name())).await
             }
-            "apply_plan" => {
+            ChangePlanStep::ApplyPlan => {
                 let c = self.change(ctx).await?;
                 let period = Period { start: c.new_period_start, end: c.new_period_end };
                 self.put_plan(ctx, c.to_plan_id, &c.to_interval, c.new_anchor, period, true).await
             }
-            "record_invoice_lines" => self.record_lines(ctx).await,
-            "confirmation_email" => self.confirm(ctx, step).await,
-            "publish_event" => self.announce(ctx).await,
-            other => Err(StepError::Permanent(format!("unknown step {other}"))),
+            ChangePlanStep::RecordInvoiceLines => self.record_lines(ctx).await,
+            ChangePlanStep::ConfirmationEmail => self.confirm(ctx, step.name()).await,
+            ChangePlanStep::PublishEvent => self.announce(ctx).await,
         }
     }
 
-    async fn compensate(&self, ctx: &JobContext, step: &str) -> Result<(), StepError> {
+    async fn compensate(&self, ctx: &JobContext, step: ChangePlanStep) -> Result<(), StepError> {
         match step {
-            "update_subscription" => {
+            ChangePlanStep::UpdateSubscription => {
                 let change = self.change(ctx).await?;
                 let key = self.key("update_subscription_undo");
                 self.move_subscription(ctx, change.from_plan_id, &change.from_interval, &key).await
             }
-            "apply_plan" => {
+            ChangePlanStep::ApplyPlan => {
                 let c = self.change(ctx).await?;
                 let period = Period { start: c.old_period_start, end: c.old_period_end };
                 self.put_plan(ctx, c.from_plan_id, &c.from_interval, c.old_anchor, period, false).await
             }
-            "record_invoice_lines" => {
+            ChangePlanStep::RecordInvoiceLines => {
                 let mut tx = db::begin_tenant(&ctx.db, self.tenant.id).await?;
                 sqlx::query("delete from invoice_lines where source_key like $1 and invoice_id is null")
                     .bind(format!("{}:%", self.key("record_invoice_lines")))

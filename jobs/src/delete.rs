@@ -8,7 +8,7 @@
 
 use crate::account;
 use crate::context::JobContext;
-use crate::engine::{self, Saga, StepError};
+use crate::engine::{self, Saga, Step, StepError};
 use crate::kinds::JobKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -18,12 +18,23 @@ use tenant_domain::mail::{self, OutgoingMail};
 use tenant_domain::tenants::{self, ChangeContext, Tenant, Transition};
 use tenant_domain::{JobId, TenantId, TenantStatus, events, tenant_schema};
 
-pub const STEPS: &[&str] =
-    &["backup", "verify_backup", "cancel_billing", "clear_cache", "drop_schema", "delete_rows", "finalize", "notify"];
+crate::steps! {
+    /// The steps, in order; their names are what the job row records.
+    pub enum DeleteStep {
+        Backup => "backup",
+        VerifyBackup => "verify_backup",
+        CancelBilling => "cancel_billing",
+        ClearCache => "clear_cache",
+        DropSchema => "drop_schema",
+        DeleteRows => "delete_rows",
+        Finalize => "finalize",
+        Notify => "notify",
+    }
+}
 
 /// The first step that destroys data: once it has run, a failure is not undone (the backup is
 /// the way back) and the tenant stays `deleting` with the reason.
-const FIRST_DESTRUCTIVE: &str = "drop_schema";
+const FIRST_DESTRUCTIVE: DeleteStep = DeleteStep::DropSchema;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -51,7 +62,7 @@ impl Delete {
 
 impl Saga for Delete {
     const KIND: JobKind = JobKind::DeleteTenant;
-    const STEPS: &'static [&'static str] = STEPS;
+    type Step = DeleteStep;
 
     async fn load(ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: DeletePayload = engine::payload(job)?;
@@ -59,23 +70,23 @@ impl Saga for Delete {
         Ok(Delete { job: job.id, tenant, previous_status: payload.previous_status })
     }
 
-    async fn run(&self, ctx: &JobContext, step: &str) -> Result<(), StepError> {
+    async fn run(&self, ctx: &JobContext, step: DeleteStep) -> Result<(), StepError> {
         let id = self.tenant.id;
         match step {
-            "backup" => self.write_backup(ctx).await?,
-            "verify_backup" => self.verify_backup(ctx).await?,
-            "cancel_billing" => account::close(ctx, &self.tenant, &self.key(step)).await?,
-            "clear_cache" => clear_redis(ctx, id).await?,
-            "drop_schema" => tenant_schema::drop(&ctx.db, id).await?,
-            "delete_rows" => {
+            DeleteStep::Backup => self.write_backup(ctx).await?,
+            DeleteStep::VerifyBackup => self.verify_backup(ctx).await?,
+            DeleteStep::CancelBilling => account::close(ctx, &self.tenant, &self.key(step.name())).await?,
+            DeleteStep::ClearCache => clear_redis(ctx, id).await?,
+            DeleteStep::DropSchema => tenant_schema::drop(&ctx.db, id).await?,
+            DeleteStep::DeleteRows => {
                 backup::delete_scoped_rows(&ctx.db, id).await?;
             }
-            "finalize" => {
+            DeleteStep::Finalize => {
                 self.finalize(ctx).await?;
                 // The next quota check sees `deleted` without asking PostgreSQL.
                 ctx.quota.sync(&ctx.db, id).await?;
             }
-            "notify" => {
+            DeleteStep::Notify => {
                 if let Some(to) = &self.tenant.owner_email {
                     let mail = OutgoingMail {
                         to: to.clone(),
@@ -88,16 +99,16 @@ impl Saga for Delete {
                         ),
                         message_id: format!("deleted.{}@tenant-service", self.job),
                     };
-                    mail::send_once(&ctx.db, ctx.mailer.as_ref(), &self.key(step), Some(id), "deleted", &mail).await?;
+                    mail::send_once(&ctx.db, ctx.mailer.as_ref(), &self.key(step.name()), Some(id), "deleted", &mail)
+                        .await?;
                 }
             }
-            other => return Err(StepError::Permanent(format!("unknown step {other}"))),
         }
         Ok(())
     }
 
-    async fn compensate(&self, ctx: &JobContext, step: &str) -> Result<(), StepError> {
-        if step == "cancel_billing" {
+    async fn compensate(&self, ctx: &JobContext, step: DeleteStep) -> Result<(), StepError> {
+        if step == DeleteStep::CancelBilling {
             account::reopen(ctx, &self.tenant, None, chrono::Utc::now(), &self.key("cancel_billing_undo")).await?;
         }
         // The archive is kept (it is harmless and may help); cache entries refill by themselves;
@@ -108,7 +119,7 @@ impl Saga for Delete {
     async fn failed(&self, ctx: &JobContext, reason: &str, steps: &[StepRecord]) -> Result<(), StepError> {
         let destroyed = steps
             .iter()
-            .skip_while(|s| s.name != FIRST_DESTRUCTIVE)
+            .skip_while(|s| s.name != FIRST_DESTRUCTIVE.name())
             .any(|s| matches!(s.status, StepStatus::Succeeded | StepStatus::Compensated | StepStatus::Failed));
         let (status, note) = if destroyed {
             (

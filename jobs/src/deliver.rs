@@ -12,7 +12,12 @@ use serde_json::{Value, json};
 use tenant_domain::jobs::{Job, StepRecord};
 use uuid::Uuid;
 
-pub const STEPS: &[&str] = &["deliver"];
+crate::steps! {
+    /// The steps, in order; their names are what the job row records.
+    pub enum DeliverStep {
+        Deliver => "deliver",
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,7 +59,7 @@ pub fn event_json(
 
 impl Saga for Deliver {
     const KIND: JobKind = JobKind::DeliverEvent;
-    const STEPS: &'static [&'static str] = STEPS;
+    type Step = DeliverStep;
 
     async fn load(ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: DeliverPayload = engine::payload(job)?;
@@ -78,7 +83,7 @@ impl Saga for Deliver {
         })
     }
 
-    async fn run(&self, ctx: &JobContext, _step: &str) -> Result<(), StepError> {
+    async fn run(&self, ctx: &JobContext, _step: DeliverStep) -> Result<(), StepError> {
         let response = ctx
             .http
             .post(&self.url)
@@ -99,7 +104,7 @@ impl Saga for Deliver {
         }
     }
 
-    async fn compensate(&self, _ctx: &JobContext, _step: &str) -> Result<(), StepError> {
+    async fn compensate(&self, _ctx: &JobContext, _step: DeliverStep) -> Result<(), StepError> {
         Ok(())
     }
 

@@ -99,19 +99,45 @@ pub fn step_key(job: JobId, step: &str) -> String {
     format!("job:{job}:{step}")
 }
 
-/// A saga: named steps (see [`JobKind::steps`]), each with an idempotent `run` and `compensate`.
+/// A saga's steps: an enum whose variants are the steps, in order (written with [`steps!`]).
+pub trait Step: Copy + Send + Sync + 'static {
+    const ALL: &'static [Self];
+    /// The names, in the same order, as the job row records them.
+    const NAMES: &'static [&'static str];
+    fn name(self) -> &'static str;
+}
+
+/// Declares a saga's step enum: `steps! { pub enum ProvisionStep { CreateSchema => "create_schema", … } }`.
+#[macro_export]
+macro_rules! steps {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name { $($variant),+ }
+
+        impl $crate::engine::Step for $name {
+            const ALL: &'static [Self] = &[$($name::$variant),+];
+            const NAMES: &'static [&'static str] = &[$($text),+];
+            fn name(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+    };
+}
+
+/// A saga: its steps (an enum), each with an idempotent `run` and `compensate`.
 pub trait Saga: Sized + Send + Sync {
     const KIND: JobKind;
 
-    /// The steps, in order, as recorded in the job row.
-    const STEPS: &'static [&'static str];
+    /// The saga's steps (an enum, see [`steps!`](crate::steps)).
+    type Step: Step;
 
     /// Loads what the steps need, from the job's payload and the database.
     fn load(ctx: &JobContext, job: &Job) -> impl Future<Output = Result<Self, StepError>> + Send;
 
-    fn run(&self, ctx: &JobContext, step: &str) -> impl Future<Output = Result<(), StepError>> + Send;
+    fn run(&self, ctx: &JobContext, step: Self::Step) -> impl Future<Output = Result<(), StepError>> + Send;
 
-    fn compensate(&self, ctx: &JobContext, step: &str) -> impl Future<Output = Result<(), StepError>> + Send;
+    fn compensate(&self, ctx: &JobContext, step: Self::Step) -> impl Future<Output = Result<(), StepError>> + Send;
 
     /// After compensation: record the failure where users see it (e.g. the tenant's status).
     fn failed(
@@ -295,10 +321,11 @@ async fn deliver<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, Engine
         }
     };
     let mut steps = job.steps.0.clone();
-    let names = S::STEPS;
+    let steps_all = <S::Step as Step>::ALL;
 
     if job.phase != "compensating" {
-        for (index, name) in names.iter().enumerate() {
+        for (index, step) in steps_all.iter().copied().enumerate() {
+            let name = step.name();
             if steps.get(index).is_some_and(|s| s.status == StepStatus::Succeeded) {
                 continue;
             }
@@ -313,7 +340,7 @@ async fn deliver<S: Saga>(ctx: &JobContext, id: JobId) -> Result<Outcome, Engine
             }
             tracing::info!(step = name, "step started");
             test_hooks::before_step(S::KIND, name);
-            let Some(result) = keeper.guard(name, saga.run(ctx, name)).await else {
+            let Some(result) = keeper.guard(name, saga.run(ctx, step)).await else {
                 return Ok(Outcome::LeaseLost);
             };
             match result {
@@ -372,8 +399,9 @@ async fn compensate<S: Saga>(
     mut steps: Vec<StepRecord>,
     error: &Value,
 ) -> Result<Outcome, EngineError> {
-    let names = S::STEPS;
-    for index in (0..names.len()).rev() {
+    let steps_all = <S::Step as Step>::ALL;
+    for index in (0..steps_all.len()).rev() {
+        let (step, name) = (steps_all[index], steps_all[index].name());
         let status = steps.get(index).map(|s| s.status);
         if !matches!(status, Some(StepStatus::Succeeded | StepStatus::Failed | StepStatus::Running)) {
             continue;
@@ -381,7 +409,7 @@ async fn compensate<S: Saga>(
         if keeper.lost() {
             return Ok(Outcome::LeaseLost);
         }
-        let Some(result) = keeper.guard(names[index], saga.compensate(ctx, names[index])).await else {
+        let Some(result) = keeper.guard(name, saga.compensate(ctx, step)).await else {
             return Ok(Outcome::LeaseLost);
         };
         match result {
@@ -392,10 +420,10 @@ async fn compensate<S: Saga>(
                 set_status(&mut steps, index, StepStatus::Compensated);
             }
             Err(StepError::Transient(message)) if job.attempts < job.max_attempts => {
-                return retry(ctx, lease, job, Some(names[index]), &format!("compensating: {message}")).await;
+                return retry(ctx, lease, job, Some(name), &format!("compensating: {message}")).await;
             }
             Err(err) => {
-                let message = format!("compensation of {} failed: {err}", names[index]);
+                let message = format!("compensation of {name} failed: {err}");
                 tracing::error!(%message, "saga left half-undone");
                 let error = json!({ "code": "COMPENSATION_FAILED", "message": message, "cause": error });
                 lease.finish(JobStatus::Failed, None, Some(&error)).await?;

@@ -4,7 +4,7 @@
 
 use crate::account;
 use crate::context::JobContext;
-use crate::engine::{self, Saga, StepError};
+use crate::engine::{self, Saga, Step, StepError};
 use crate::kinds::JobKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -15,8 +15,17 @@ use tenant_domain::quota::store as quotas;
 use tenant_domain::tenants::{self, ChangeContext, Tenant, Transition};
 use tenant_domain::{JobId, TenantId, TenantStatus, events, tenant_config, tenant_schema};
 
-pub const STEPS: &[&str] =
-    &["create_schema", "default_config", "quotas", "billing_account", "welcome_email", "activate"];
+crate::steps! {
+    /// The steps, in order; their names are what the job row records.
+    pub enum ProvisionStep {
+        CreateSchema => "create_schema",
+        DefaultConfig => "default_config",
+        Quotas => "quotas",
+        BillingAccount => "billing_account",
+        WelcomeEmail => "welcome_email",
+        Activate => "activate",
+    }
+}
 
 /// The job's payload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,7 +49,7 @@ impl Provision {
 
 impl Saga for Provision {
     const KIND: JobKind = JobKind::ProvisionTenant;
-    const STEPS: &'static [&'static str] = STEPS;
+    type Step = ProvisionStep;
 
     async fn load(ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: ProvisionPayload = engine::payload(job)?;
@@ -49,18 +58,20 @@ impl Saga for Provision {
         Ok(Provision { job: job.id, created: job.created_at, tenant, plan })
     }
 
-    async fn run(&self, ctx: &JobContext, step: &str) -> Result<(), StepError> {
+    async fn run(&self, ctx: &JobContext, step: ProvisionStep) -> Result<(), StepError> {
         let id = self.tenant.id;
         match step {
-            "create_schema" => tenant_schema::create(&ctx.db, id).await?,
-            "default_config" => tenant_config::insert_defaults(&ctx.db, id).await?,
-            "quotas" => {
+            ProvisionStep::CreateSchema => tenant_schema::create(&ctx.db, id).await?,
+            ProvisionStep::DefaultConfig => tenant_config::insert_defaults(&ctx.db, id).await?,
+            ProvisionStep::Quotas => {
                 quotas::insert_from_plan(&ctx.db, id, &self.plan).await?;
                 // Mirror limits and status into Redis, for the hot path.
                 ctx.quota.sync(&ctx.db, id).await?;
             }
-            "billing_account" => account::open(ctx, &self.tenant, &self.plan, self.created, &self.key(step)).await?,
-            "welcome_email" => {
+            ProvisionStep::BillingAccount => {
+                account::open(ctx, &self.tenant, &self.plan, self.created, &self.key(step.name())).await?
+            }
+            ProvisionStep::WelcomeEmail => {
                 if let Some(to) = &self.tenant.owner_email {
                     let mail = OutgoingMail {
                         to: to.clone(),
@@ -71,30 +82,32 @@ impl Saga for Provision {
                         ),
                         message_id: format!("welcome.{}@tenant-service", self.job),
                     };
-                    mail::send_once(&ctx.db, ctx.mailer.as_ref(), &self.key(step), Some(id), "welcome", &mail).await?;
+                    mail::send_once(&ctx.db, ctx.mailer.as_ref(), &self.key(step.name()), Some(id), "welcome", &mail)
+                        .await?;
                 }
             }
-            "activate" => {
+            ProvisionStep::Activate => {
                 activate(ctx, &self.tenant).await?;
                 ctx.quota.sync(&ctx.db, id).await?;
             }
-            other => return Err(StepError::Permanent(format!("unknown step {other}"))),
         }
         Ok(())
     }
 
-    async fn compensate(&self, ctx: &JobContext, step: &str) -> Result<(), StepError> {
+    async fn compensate(&self, ctx: &JobContext, step: ProvisionStep) -> Result<(), StepError> {
         let id = self.tenant.id;
         match step {
-            "create_schema" => tenant_schema::drop(&ctx.db, id).await?,
-            "default_config" => {
+            ProvisionStep::CreateSchema => tenant_schema::drop(&ctx.db, id).await?,
+            ProvisionStep::DefaultConfig => {
                 tenant_config::delete_all(&ctx.db, id).await?;
             }
-            "quotas" => {
+            ProvisionStep::Quotas => {
                 quotas::delete_all(&ctx.db, id).await?;
                 ctx.quota.forget(id).await?;
             }
-            "billing_account" => account::close(ctx, &self.tenant, &self.key("billing_account_undo")).await?,
+            ProvisionStep::BillingAccount => {
+                account::close(ctx, &self.tenant, &self.key("billing_account_undo")).await?
+            }
             // A sent mail can't be unsent; activation is the last step and has nothing after it.
             _ => {}
         }

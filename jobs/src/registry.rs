@@ -3,7 +3,7 @@
 //! is one line here (plus its `JobKind`).
 
 use crate::context::JobContext;
-use crate::engine::{self, EngineError, Outcome, Saga};
+use crate::engine::{self, EngineError, Outcome, Saga, Step};
 use crate::kinds::JobKind;
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,7 +25,7 @@ pub struct Registry(HashMap<JobKind, Entry>);
 impl Registry {
     fn with<S: Saga + 'static>(mut self) -> Self {
         let run: Runner = |ctx, id| Box::pin(engine::run_saga::<S>(ctx, id));
-        self.0.insert(S::KIND, Entry { run, steps: S::STEPS });
+        self.0.insert(S::KIND, Entry { run, steps: <S::Step as Step>::NAMES });
         self
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::account;
 use crate::context::JobContext;
-use crate::engine::{self, Saga, StepError};
+use crate::engine::{self, Saga, Step, StepError};
 use crate::kinds::JobKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -16,7 +16,16 @@ use tenant_domain::{JobId, TenantId, TenantStatus, events, tenant_schema};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-pub const STEPS: &[&str] = &["verify_archive", "restore_schema", "restore_rows", "reopen_billing", "activate"];
+crate::steps! {
+    /// The steps, in order; their names are what the job row records.
+    pub enum RestoreStep {
+        VerifyArchive => "verify_archive",
+        RestoreSchema => "restore_schema",
+        RestoreRows => "restore_rows",
+        ReopenBilling => "reopen_billing",
+        Activate => "activate",
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -81,7 +90,7 @@ impl Restore {
 
 impl Saga for Restore {
     const KIND: JobKind = JobKind::RestoreTenant;
-    const STEPS: &'static [&'static str] = STEPS;
+    type Step = RestoreStep;
 
     async fn load(ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: RestorePayload = engine::payload(job)?;
@@ -89,13 +98,13 @@ impl Saga for Restore {
         Ok(Restore { job: job.id, tenant, backup_id: payload.backup_id, archive: OnceCell::new() })
     }
 
-    async fn run(&self, ctx: &JobContext, step: &str) -> Result<(), StepError> {
+    async fn run(&self, ctx: &JobContext, step: RestoreStep) -> Result<(), StepError> {
         let id = self.tenant.id;
         match step {
-            "verify_archive" => {
+            RestoreStep::VerifyArchive => {
                 self.archive(ctx).await?;
             }
-            "restore_schema" => {
+            RestoreStep::RestoreSchema => {
                 let archive = self.archive(ctx).await?;
                 if let Some(dump) = &archive.schema
                     && !tenant_schema::exists(&ctx.db, id).await?
@@ -106,7 +115,7 @@ impl Saga for Restore {
                     tx.commit().await?;
                 }
             }
-            "restore_rows" => {
+            RestoreStep::RestoreRows => {
                 let archive = self.archive(ctx).await?;
                 let mut tx = ctx.db.begin().await?;
                 for table in backup::SCOPED_TABLES {
@@ -133,28 +142,27 @@ impl Saga for Restore {
                 .map_err(tenant_domain::Error::from_db)?;
                 tx.commit().await?;
             }
-            "reopen_billing" => {
+            RestoreStep::ReopenBilling => {
                 let plan = archive_plan(self.archive(ctx).await?).unwrap_or(self.tenant.plan_id.0);
-                let key = engine::step_key(self.job, step);
+                let key = engine::step_key(self.job, step.name());
                 account::reopen(ctx, &self.tenant, Some(tenant_domain::PlanId(plan)), chrono::Utc::now(), &key).await?;
             }
-            "activate" => {
+            RestoreStep::Activate => {
                 self.activate(ctx).await?;
                 ctx.quota.sync(&ctx.db, id).await?;
             }
-            other => return Err(StepError::Permanent(format!("unknown step {other}"))),
         }
         Ok(())
     }
 
-    async fn compensate(&self, ctx: &JobContext, step: &str) -> Result<(), StepError> {
+    async fn compensate(&self, ctx: &JobContext, step: RestoreStep) -> Result<(), StepError> {
         let id = self.tenant.id;
         match step {
-            "restore_schema" => tenant_schema::drop(&ctx.db, id).await?,
-            "restore_rows" => {
+            RestoreStep::RestoreSchema => tenant_schema::drop(&ctx.db, id).await?,
+            RestoreStep::RestoreRows => {
                 backup::delete_scoped_rows(&ctx.db, id).await?;
             }
-            "reopen_billing" => {
+            RestoreStep::ReopenBilling => {
                 account::close(ctx, &self.tenant, &engine::step_key(self.job, "reopen_billing_undo")).await?
             }
             _ => {}

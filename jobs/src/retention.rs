@@ -15,7 +15,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tenant_domain::jobs::{Job, StepRecord};
 
-pub const STEPS: &[&str] = &["purge"];
+crate::steps! {
+    /// The steps, in order; their names are what the job row records.
+    pub enum RetentionStep {
+        Purge => "purge",
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -72,14 +77,14 @@ impl Retention {
 
 impl Saga for Retention {
     const KIND: JobKind = JobKind::Retention;
-    const STEPS: &'static [&'static str] = STEPS;
+    type Step = RetentionStep;
 
     async fn load(_ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: RetentionPayload = engine::payload(job)?;
         Ok(Retention { at: payload.at, removed: Mutex::new(json!({})) })
     }
 
-    async fn run(&self, ctx: &JobContext, _step: &str) -> Result<(), StepError> {
+    async fn run(&self, ctx: &JobContext, _step: RetentionStep) -> Result<(), StepError> {
         let settings = &ctx.config.retention;
         let ages = [settings.idempotency, settings.published_events, settings.periodic_jobs, settings.tenant_jobs];
         let kinds: Vec<String> = PERIODIC_KINDS.iter().map(|k| (*k).to_owned()).collect();
@@ -108,7 +113,7 @@ impl Saga for Retention {
         Ok(())
     }
 
-    async fn compensate(&self, _ctx: &JobContext, _step: &str) -> Result<(), StepError> {
+    async fn compensate(&self, _ctx: &JobContext, _step: RetentionStep) -> Result<(), StepError> {
         Ok(())
     }
 

@@ -13,7 +13,12 @@ use std::sync::Mutex;
 use tenant_domain::jobs::{Job, StepRecord};
 use tenant_domain::quota::rollup;
 
-pub const STEPS: &[&str] = &["rollup"];
+crate::steps! {
+    /// The steps, in order; their names are what the job row records.
+    pub enum RollupStep {
+        Rollup => "rollup",
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -29,14 +34,14 @@ pub struct Rollup {
 
 impl Saga for Rollup {
     const KIND: JobKind = JobKind::QuotaRollup;
-    const STEPS: &'static [&'static str] = STEPS;
+    type Step = RollupStep;
 
     async fn load(_ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: RollupPayload = engine::payload(job)?;
         Ok(Rollup { at: payload.at, report: Mutex::new(None) })
     }
 
-    async fn run(&self, ctx: &JobContext, _step: &str) -> Result<(), StepError> {
+    async fn run(&self, ctx: &JobContext, _step: RollupStep) -> Result<(), StepError> {
         let report = rollup::run(&ctx.db, &ctx.quota, self.at).await?;
         tracing::info!(
             tenants = report.tenants,
@@ -50,7 +55,7 @@ impl Saga for Rollup {
         Ok(())
     }
 
-    async fn compensate(&self, _ctx: &JobContext, _step: &str) -> Result<(), StepError> {
+    async fn compensate(&self, _ctx: &JobContext, _step: RollupStep) -> Result<(), StepError> {
         Ok(())
     }
 
