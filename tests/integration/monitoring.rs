@@ -77,6 +77,12 @@ async fn service_and_tenant_metrics_report_live_figures() {
     assert!((0.0..=200.0 * 16.0).contains(&cpu), "{cpu}");
     let open_fds = app.metric("process_open_fds ").await.expect("open fds");
     assert!(open_fds > 0.0, "{open_fds}");
+    // Counts are exported as counters.
+    let text = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    for counter in ["tenant_quota_state_loads_total", "tenant_quota_leased_checks_total", "tenant_config_cache_lookups"]
+    {
+        assert!(text.contains(&format!("# TYPE {counter} counter")), "{counter} is not a counter");
+    }
     let requests = m["process"]["httpRequests"].as_u64().expect("requests");
     let (_, second) = app.get("/api/v1/metrics", &admin).await;
     assert!(second["data"]["process"]["httpRequests"].as_u64().expect("requests") > requests);

@@ -8,8 +8,8 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 use std::time::{Duration, Instant};
 use tenant_domain::monitoring;
@@ -24,10 +24,12 @@ pub struct Metrics {
     pub cross_tenant_denials: IntCounter,
     pub active_tenants: IntGauge,
     pub quota_fail_open: IntCounter,
-    pub quota_state_loads: IntGauge,
-    pub quota_leased: IntGauge,
+    pub quota_state_loads: IntCounter,
+    pub quota_leased: IntCounter,
     pub config_cache_hit_rate: Gauge,
-    pub config_cache_lookups: IntGaugeVec,
+    pub config_cache_lookups: IntCounterVec,
+    /// Serializes the catch-up of the counters above from the atomics they mirror.
+    counters: std::sync::Mutex<()>,
     pub db_connections: IntGauge,
     pub quota_usage_percent: GaugeVec,
     pub memory: IntGauge,
@@ -77,18 +79,18 @@ impl Metrics {
                 "tenant_config_cache_hit_rate",
                 "Tenant context lookups answered from memory or Redis, over all lookups",
             )?,
-            config_cache_lookups: IntGaugeVec::new(
+            config_cache_lookups: IntCounterVec::new(
                 Opts::new(
                     "tenant_config_cache_lookups",
                     "Tenant context lookups since start, by where they were answered",
                 ),
                 &["result"],
             )?,
-            quota_leased: IntGauge::new(
+            quota_leased: IntCounter::new(
                 "tenant_quota_leased_checks_total",
                 "Consuming quota checks answered from budget leased in-process (no Redis round trip)",
             )?,
-            quota_state_loads: IntGauge::new(
+            quota_state_loads: IntCounter::new(
                 "tenant_quota_state_loads_total",
                 "Times a tenant's quota state had to be read from PostgreSQL into Redis",
             )?,
@@ -103,6 +105,7 @@ impl Metrics {
             )?,
             memory: IntGauge::new("tenant_service_memory_usage_bytes", "Resident memory of this process")?,
             started: Instant::now(),
+            counters: std::sync::Mutex::new(()),
             process: tenant_domain::process_metrics::ProcessMetrics::register(&registry)?,
             registry,
         };
@@ -170,16 +173,17 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), count).await {
         m.active_tenants.set(n);
     }
-    m.quota_leased
-        .set(i64::try_from(state.quota.leased_hits.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX));
-    m.quota_state_loads
-        .set(i64::try_from(state.quota.state_loads.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX));
+    // Counters exported as counters: each catches up with the atomic the hot path increments.
+    let catch_up = |counter: &IntCounter, now: u64| counter.inc_by(now.saturating_sub(counter.get()));
     let c = &state.contexts;
     m.config_cache_hit_rate.set(c.hit_rate());
-    for (result, n) in [("memory", &c.local_hits), ("redis", &c.redis_hits), ("miss", &c.misses)] {
-        m.config_cache_lookups
-            .with_label_values(&[result])
-            .set(i64::try_from(n.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX));
+    if let Ok(_serial) = m.counters.lock() {
+        use std::sync::atomic::Ordering::Relaxed;
+        catch_up(&m.quota_leased, state.quota.leased_hits.load(Relaxed));
+        catch_up(&m.quota_state_loads, state.quota.state_loads.load(Relaxed));
+        for (result, n) in [("memory", &c.local_hits), ("redis", &c.redis_hits), ("miss", &c.misses)] {
+            catch_up(&m.config_cache_lookups.with_label_values(&[result]), n.load(Relaxed));
+        }
     }
     let in_use = state.db.size().saturating_sub(u32::try_from(state.db.num_idle()).unwrap_or(u32::MAX));
     m.db_connections.set(i64::from(in_use));
