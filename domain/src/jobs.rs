@@ -350,11 +350,12 @@ impl Lease<'_> {
         self.announced(done).await
     }
 
-    /// Gives the job back at once (graceful shutdown), without counting the attempt.
+    /// Gives the job back at once (graceful shutdown), counting neither the attempt nor the claim.
     pub async fn release(&self) -> Result<bool> {
         let done = sqlx::query(
             "update jobs set status = 'retrying', lease_owner = null, lease_expires_at = null, \
-                 next_attempt_at = now(), attempts = greatest(attempts - 1, 0), updated_at = now() \
+                 next_attempt_at = now(), attempts = greatest(attempts - 1, 0), claims = greatest(claims - 1, 0), \
+                 updated_at = now() \
              where id = $1 and lease_owner = $2",
         )
         .bind(self.id)

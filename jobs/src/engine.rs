@@ -250,11 +250,11 @@ impl Drop for LeaseKeeper {
     }
 }
 
-/// A delivery that arrives early waits this long at most; beyond, it is pushed again for later.
+/// A delivery that arrives early waits this long at most; beyond, it is dropped (the dispatcher
+/// delivers the job again when it is due).
 const MAX_EARLY_WAIT: Duration = Duration::from_secs(5);
 
-/// Claims the job; a delivery that came before the job is due (apalis schedules to the second)
-/// waits for it, or is pushed again for then.
+/// Claims the job; a delivery that came shortly before the job is due waits for it.
 async fn claim_when_due(ctx: &JobContext, id: JobId) -> Result<Option<Job>, EngineError> {
     if let Some(job) = jobs::claim(&ctx.db, id, &ctx.worker_id, ctx.config.jobs.lease).await? {
         return Ok(Some(job));
