@@ -221,3 +221,87 @@ async fn twenty_thousand_jobs_due_at_once_all_run_and_no_worker_dies() {
     let health = health.text().await.expect("text");
     assert!(text.contains("tenant_worker_restarts_total 0"), "a queue worker died: {health}");
 }
+
+#[tokio::test]
+async fn a_redis_restart_under_load_loses_no_job_and_runs_none_twice() {
+    use tenant_tests::redis_server::RedisServer;
+    let mut redis = RedisServer::start().await.expect("redis-server");
+    let url = redis.url();
+    let app = TestApp::spawn_with(|env| {
+        env.insert("REDIS_URL".into(), url);
+    })
+    .await;
+    let _workers = [app.spawn_worker_process(WORKER), app.spawn_worker_process(WORKER)];
+    let mut created = Vec::new();
+    for i in 0..20 {
+        created.push(create(&app, &format!("outage-{i:02}"), "basic").await);
+    }
+    // Redis dies with jobs queued and running, and comes back empty (no persistence): every
+    // delivery in it is gone.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.kill().await.expect("killed");
+    let unfinished: i64 = sqlx::query_scalar("select count(*) from jobs where status <> 'succeeded'")
+        .fetch_one(&app.db)
+        .await
+        .expect("unfinished");
+    assert!(unfinished > 0, "every job had finished before Redis went down");
+    // Meanwhile the hot path answers at once that it can't decide.
+    let started = Instant::now();
+    let res = app
+        .client
+        .post(app.url(&format!("/internal/tenants/{}/quota-check", created[0].0)))
+        .header("X-Service-Token", tenant_tests::SERVICE_TOKEN)
+        .json(&json!({ "resource": "api_calls" }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < Duration::from_secs(2), "answered in {:?}", started.elapsed());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.restart().await.expect("restarted");
+
+    for (tenant, job) in &created {
+        let job = app.wait_job(job, Duration::from_secs(120)).await;
+        assert_eq!(job["status"], json!("succeeded"), "{job}");
+        let (_, body) = app.get(&format!("/api/v1/tenants/{tenant}"), &app.admin_token()).await;
+        assert_eq!(body["data"]["status"], json!("active"), "{body}");
+    }
+    let per_tenant = |sql: &'static str| {
+        let db = app.db.clone();
+        async move {
+            let counts: Vec<i64> = sqlx::query_scalar(sql).fetch_all(&db).await.expect(sql);
+            counts
+        }
+    };
+    // Each tenant exactly once: one schema, one `tenant.created`, one welcome mail, one account.
+    let schemas = per_tenant(
+        "select count(n.nspname) from tenants t left join pg_namespace n \
+         on n.nspname = 'tenant_' || replace(t.id::text, '-', '') group by t.id",
+    )
+    .await;
+    assert_eq!(schemas, vec![1; 20]);
+    let created_events = per_tenant(
+        "select count(e.id) from tenants t left join outbox_events e \
+         on e.tenant_id = t.id and e.event_type = 'tenant.created' group by t.id",
+    )
+    .await;
+    assert_eq!(created_events, vec![1; 20]);
+    let mails = per_tenant(
+        "select count(m.idempotency_key) from tenants t left join sent_emails m \
+         on m.tenant_id = t.id and m.kind = 'welcome' and m.status = 'sent' group by t.id",
+    )
+    .await;
+    assert_eq!(mails, vec![1; 20]);
+    let accounts = per_tenant(
+        "select count(a.tenant_id) from tenants t left join billing_accounts a on a.tenant_id = t.id group by t.id",
+    )
+    .await;
+    assert_eq!(accounts, vec![1; 20]);
+    let open: i64 = sqlx::query_scalar(
+        "select count(*) from jobs where status in ('queued', 'running', 'retrying') and kind = 'provision_tenant'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("open");
+    assert_eq!(open, 0);
+}
