@@ -8,6 +8,7 @@
 
 pub mod http_peer;
 pub mod localstripe;
+pub mod pg_server;
 pub mod redis_server;
 pub mod s3_peer;
 pub mod smtp_sink;
