@@ -172,6 +172,47 @@ pub async fn high_usage(db: &PgPool, min_percent: f64, cap: i64) -> Result<Vec<(
     .await?)
 }
 
+/// Tenant resources at or above `min_percent` of their limit **now** — live counts from Redis
+/// against the limits in PostgreSQL — highest first, at most `cap` of them. For the Prometheus
+/// gauge, which must follow a change within a scrape, not wait for the next rollup.
+pub async fn live_high_usage(
+    db: &PgPool,
+    quota: &crate::quota::engine::QuotaEngine,
+    min_percent: f64,
+    cap: usize,
+) -> Result<Vec<(TenantId, String, f64)>> {
+    let rows: Vec<(TenantId, String, i64, String)> = sqlx::query_as(
+        "select q.tenant_id, q.resource_type, q.limit_value, q.reset_period::text \
+         from tenant_quotas q join tenants t on t.id = q.tenant_id \
+         where t.status in ('active', 'suspended') and q.limit_value > 0",
+    )
+    .fetch_all(db)
+    .await?;
+    let which: Vec<(TenantId, String, crate::quota::Period)> = rows
+        .iter()
+        .map(|(t, r, _, p)| (*t, r.clone(), crate::quota::Period::parse(p).unwrap_or(crate::quota::Period::None)))
+        .collect();
+    let used = match quota.usage_many(&which).await {
+        Ok(used) => used,
+        Err(err) => {
+            tracing::debug!(error = %err, "live usage unavailable; metrics fall back to the rollups");
+            return high_usage(db, min_percent, i64::try_from(cap).unwrap_or(i64::MAX)).await;
+        }
+    };
+    let mut high: Vec<(TenantId, String, f64)> = rows
+        .into_iter()
+        .zip(used)
+        .map(|((tenant, resource, limit, _), used)| {
+            let percent = (used as f64 * 10_000.0 / limit as f64).round() / 100.0;
+            (tenant, resource, percent)
+        })
+        .filter(|(_, _, percent)| *percent >= min_percent)
+        .collect();
+    high.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.cmp(&b.0)).then_with(|| a.1.cmp(&b.1)));
+    high.truncate(cap);
+    Ok(high)
+}
+
 /// What a tenant health check looks at besides Redis.
 #[derive(Debug, sqlx::FromRow)]
 pub struct HealthFacts {

@@ -163,7 +163,7 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
 
 /// `tenant_quota_usage_percent` lists tenant resources from this share of their limit up.
 const HIGH_USAGE_PERCENT: f64 = 75.0;
-const HIGH_USAGE_SERIES: i64 = 1000;
+const HIGH_USAGE_SERIES: usize = 1000;
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn scrape(State(state): State<AppState>) -> Response {
@@ -191,7 +191,7 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     if let Some(bytes) = super::monitoring::resident_memory() {
         m.memory.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
-    let high = monitoring::high_usage(&state.db, HIGH_USAGE_PERCENT, HIGH_USAGE_SERIES);
+    let high = monitoring::live_high_usage(&state.db, &state.quota, HIGH_USAGE_PERCENT, HIGH_USAGE_SERIES);
     if let Ok(Ok(rows)) = tokio::time::timeout(Duration::from_secs(1), high).await {
         // Only what is high now: a tenant back under 75 % loses its series.
         m.quota_usage_percent.reset();
