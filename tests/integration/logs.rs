@@ -74,6 +74,27 @@ async fn one_provisioning_is_followed_by_its_job_id_across_api_and_worker_logs()
     assert_eq!((line["tenant_id"].as_str(), line["kind"].as_str()), (Some(tenant), Some("provision_tenant")), "{line}");
     assert_eq!(line["span"]["request_id"], json!("req-follow-me"), "{line}");
 
+    // A request about the tenant carries its id, once authorized.
+    let res = app
+        .client
+        .get(format!("{base}/api/v1/tenants/{tenant}/jobs"))
+        .bearer_auth(app.admin_token())
+        .header("x-request-id", "req-tenant-jobs")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    let until = Instant::now() + Duration::from_secs(5);
+    let request = loop {
+        let lines = lines_with(&api_log, "req-tenant-jobs");
+        if let Some(line) = lines.into_iter().find(|l| l["message"] == json!("request")) {
+            break line;
+        }
+        assert!(Instant::now() < until, "no request line for req-tenant-jobs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(request["span"]["tenant_id"].as_str(), Some(tenant), "{request}");
+
     // The worker: every step started and succeeded in the job's span, then the job.
     let until = Instant::now() + Duration::from_secs(5);
     let worker_lines = loop {

@@ -140,6 +140,8 @@ impl AuthUser {
         access: Access,
         request_id: &RequestId,
     ) -> Result<()> {
+        // The request's log lines carry the tenant it is about.
+        tracing::Span::current().record("tenant_id", tracing::field::display(tenant));
         if self.is_platform_admin() {
             return Ok(());
         }

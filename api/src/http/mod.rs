@@ -117,7 +117,14 @@ pub fn router(state: AppState) -> Router {
 
 fn make_span(request: &Request) -> tracing::Span {
     let request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-    tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id)
+    // `tenant_id` is filled in once the request is authorized for a tenant (`AuthUser::authorize`).
+    tracing::info_span!(
+        "http",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id,
+        tenant_id = tracing::field::Empty
+    )
 }
 
 /// Bounds every request by `HTTP_REQUEST_TIMEOUT_MS`, answering 503 in the envelope.
