@@ -446,6 +446,13 @@ async fn compensate<S: Saga>(
             }
         };
     }
+    // Undone either way; a job that ran out of attempts ends `failed` (its steps show the
+    // compensation), one refused for good `compensated`.
+    if error.get("code").and_then(Value::as_str) == Some("ATTEMPTS_EXHAUSTED") {
+        lease.finish(JobStatus::Failed, None, Some(error)).await?;
+        tracing::warn!(%reason, "job failed after its last attempt; compensated");
+        return Ok(Outcome::Failed);
+    }
     lease.finish(JobStatus::Compensated, None, Some(error)).await?;
     tracing::warn!(%reason, "job compensated");
     Ok(Outcome::Compensated)

@@ -431,7 +431,7 @@ async fn a_failed_plan_change_moves_the_subscription_back(mode: Mode) {
     let (status, accepted) = b.change_plan(&tenant, json!({ "planId": "pro", "interval": "year" }), false).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     let job = b.app.wait_job(accepted["data"]["job"]["id"].as_str().expect("job"), DEADLINE).await;
-    assert_eq!(job["status"], json!("compensated"), "{job}");
+    assert_eq!(job["status"], json!("failed"), "{job}");
     assert_eq!(job["error"]["step"], json!("record_invoice_lines"));
     // A full disk is worth retrying: both attempts were made before giving up.
     assert_eq!((job["attempts"].clone(), job["error"]["code"].clone()), (json!(2), json!("ATTEMPTS_EXHAUSTED")));
