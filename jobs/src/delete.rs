@@ -129,21 +129,7 @@ impl Saga for Delete {
         } else {
             (self.previous_status, format!("deletion called off: {reason}"))
         };
-        let t = Transition {
-            to: status,
-            reason: Some(&note),
-            action: "tenant.delete_failed",
-            event: None,
-            detail: json!({ "jobId": self.job }),
-        };
-        let mut tx = ctx.db.begin().await?;
-        match tenants::transition(&mut tx, self.tenant.id, t, &ChangeContext::system()).await {
-            // Not deleting any more: nothing to record.
-            Ok(_) | Err(tenant_domain::Error::InvalidState { .. }) => {}
-            Err(err) => return Err(err.into()),
-        }
-        tx.commit().await?;
-        Ok(())
+        crate::status::record_failure(ctx, self.tenant.id, self.job, status, &note, "tenant.delete_failed").await
     }
 
     fn result(&self) -> Value {

@@ -25,6 +25,7 @@ pub mod registry;
 pub mod restore;
 pub mod retention;
 pub mod rollup;
+pub mod status;
 
 pub use context::JobContext;
 pub use engine::{Outcome, StepError};

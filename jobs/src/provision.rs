@@ -115,21 +115,15 @@ impl Saga for Provision {
     }
 
     async fn failed(&self, ctx: &JobContext, reason: &str, _steps: &[StepRecord]) -> Result<(), StepError> {
-        let t = Transition {
-            to: TenantStatus::Failed,
-            reason: Some(reason),
-            action: "tenant.provision_failed",
-            event: None,
-            detail: json!({ "jobId": self.job }),
-        };
-        let mut tx = ctx.db.begin().await?;
-        match tenants::transition(&mut tx, self.tenant.id, t, &ChangeContext::system()).await {
-            // Not provisioning any more (an operator moved it): nothing to record.
-            Ok(_) | Err(tenant_domain::Error::InvalidState { .. }) => {}
-            Err(err) => return Err(err.into()),
-        }
-        tx.commit().await?;
-        Ok(())
+        crate::status::record_failure(
+            ctx,
+            self.tenant.id,
+            self.job,
+            TenantStatus::Failed,
+            reason,
+            "tenant.provision_failed",
+        )
+        .await
     }
 
     fn result(&self) -> Value {

@@ -171,21 +171,15 @@ impl Saga for Restore {
     }
 
     async fn failed(&self, ctx: &JobContext, reason: &str, _steps: &[StepRecord]) -> Result<(), StepError> {
-        let note = format!("restore failed: {reason}");
-        let t = Transition {
-            to: TenantStatus::Deleted,
-            reason: Some(&note),
-            action: "tenant.restore_failed",
-            event: None,
-            detail: json!({ "jobId": self.job }),
-        };
-        let mut tx = ctx.db.begin().await?;
-        match tenants::transition(&mut tx, self.tenant.id, t, &ChangeContext::system()).await {
-            Ok(_) | Err(tenant_domain::Error::InvalidState { .. }) => {}
-            Err(err) => return Err(err.into()),
-        }
-        tx.commit().await?;
-        Ok(())
+        crate::status::record_failure(
+            ctx,
+            self.tenant.id,
+            self.job,
+            TenantStatus::Deleted,
+            &format!("restore failed: {reason}"),
+            "tenant.restore_failed",
+        )
+        .await
     }
 
     fn result(&self) -> Value {

@@ -15,18 +15,11 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 pub fn spawn(name: &str, args: &[&str], env: &HashMap<String, String>) -> anyhow::Result<Child> {
-    Ok(Command::new(binary(name)?)
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()?)
+    start(name, args, env, Stdio::null(), Stdio::inherit())
 }
 
-/// Like [`spawn`], with the process's log (stderr) written to `log` instead of the terminal.
+/// Like [`spawn`], with the process's log — stdout, where the service writes it, and stderr —
+/// appended to `log` instead of going to the terminal.
 pub fn spawn_logged(
     name: &str,
     args: &[&str],
@@ -34,13 +27,17 @@ pub fn spawn_logged(
     log: &std::path::Path,
 ) -> anyhow::Result<Child> {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    start(name, args, env, Stdio::from(file.try_clone()?), Stdio::from(file))
+}
+
+fn start(name: &str, args: &[&str], env: &HashMap<String, String>, out: Stdio, err: Stdio) -> anyhow::Result<Child> {
     Ok(Command::new(binary(name)?)
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(env)
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(file))
+        .stdout(out)
+        .stderr(err)
         .kill_on_drop(true)
         .spawn()?)
 }
