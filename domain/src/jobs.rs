@@ -334,17 +334,16 @@ impl Lease<'_> {
     }
 
     /// Gives the job back for another attempt at `delay` from now, under a new delivery id.
-    pub async fn retry_later(&self, delay: Duration, error: &Value, delivery_id: &str) -> Result<bool> {
+    pub async fn retry_later(&self, delay: Duration, error: &Value) -> Result<bool> {
         let done = sqlx::query(
             "update jobs set status = 'retrying', lease_owner = null, lease_expires_at = null, \
-                 next_attempt_at = now() + $3, error = $4, delivery_id = $5, dispatched_at = now(), updated_at = now() \
+                 next_attempt_at = now() + $3, error = $4, dispatched_at = now(), updated_at = now() \
              where id = $1 and lease_owner = $2",
         )
         .bind(self.id)
         .bind(self.owner)
         .bind(delay)
         .bind(error)
-        .bind(delivery_id)
         .execute(self.db)
         .await?;
         self.announced(done).await

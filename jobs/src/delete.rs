@@ -46,6 +46,9 @@ pub struct DeletePayload {
 
 pub struct Delete {
     job: JobId,
+    /// When the job was made: a billing account reopened by the undo starts its period then,
+    /// the same on every attempt.
+    created: chrono::DateTime<chrono::Utc>,
     tenant: Tenant,
     previous_status: TenantStatus,
 }
@@ -67,7 +70,7 @@ impl Saga for Delete {
     async fn load(ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: DeletePayload = engine::payload(job)?;
         let tenant = tenants::get(&ctx.db, payload.tenant_id).await?;
-        Ok(Delete { job: job.id, tenant, previous_status: payload.previous_status })
+        Ok(Delete { job: job.id, created: job.created_at, tenant, previous_status: payload.previous_status })
     }
 
     async fn run(&self, ctx: &JobContext, step: DeleteStep) -> Result<(), StepError> {
@@ -109,7 +112,7 @@ impl Saga for Delete {
 
     async fn compensate(&self, ctx: &JobContext, step: DeleteStep) -> Result<(), StepError> {
         if step == DeleteStep::CancelBilling {
-            account::reopen(ctx, &self.tenant, None, chrono::Utc::now(), &self.key("cancel_billing_undo")).await?;
+            account::reopen(ctx, &self.tenant, None, self.created, &self.key("cancel_billing_undo")).await?;
         }
         // The archive is kept (it is harmless and may help); cache entries refill by themselves;
         // the destructive steps can't be undone — `failed` reports that.

@@ -466,9 +466,9 @@ async fn retry(
     message: &str,
 ) -> Result<Outcome, EngineError> {
     let delay = backoff(ctx, job.attempts);
-    let delivery = Queue::new_delivery_id();
     let error = json!({ "code": "RETRYING", "message": message, "step": step, "transient": true });
-    if !lease.retry_later(delay, &error, &delivery).await? {
+    // Due again after `delay`; the dispatcher delivers it then.
+    if !lease.retry_later(delay, &error).await? {
         return Ok(Outcome::LeaseLost);
     }
     // No delayed delivery in Redis (apalis promotes every due scheduled task in one call, which

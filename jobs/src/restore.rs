@@ -36,6 +36,9 @@ pub struct RestorePayload {
 
 pub struct Restore {
     job: JobId,
+    /// When the job was made: the reopened billing account's period starts then, the same on
+    /// every attempt.
+    created: chrono::DateTime<chrono::Utc>,
     tenant: Tenant,
     backup_id: Uuid,
     archive: OnceCell<Archive>,
@@ -95,7 +98,13 @@ impl Saga for Restore {
     async fn load(ctx: &JobContext, job: &Job) -> Result<Self, StepError> {
         let payload: RestorePayload = engine::payload(job)?;
         let tenant = tenants::get(&ctx.db, payload.tenant_id).await?;
-        Ok(Restore { job: job.id, tenant, backup_id: payload.backup_id, archive: OnceCell::new() })
+        Ok(Restore {
+            job: job.id,
+            created: job.created_at,
+            tenant,
+            backup_id: payload.backup_id,
+            archive: OnceCell::new(),
+        })
     }
 
     async fn run(&self, ctx: &JobContext, step: RestoreStep) -> Result<(), StepError> {
@@ -145,7 +154,7 @@ impl Saga for Restore {
             RestoreStep::ReopenBilling => {
                 let plan = archive_plan(self.archive(ctx).await?).unwrap_or(self.tenant.plan_id.0);
                 let key = engine::step_key(self.job, step.name());
-                account::reopen(ctx, &self.tenant, Some(tenant_domain::PlanId(plan)), chrono::Utc::now(), &key).await?;
+                account::reopen(ctx, &self.tenant, Some(tenant_domain::PlanId(plan)), self.created, &key).await?;
             }
             RestoreStep::Activate => {
                 self.activate(ctx).await?;
