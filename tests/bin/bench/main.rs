@@ -8,6 +8,7 @@ mod plan_change;
 mod processes;
 mod provision;
 mod quota;
+mod sagas;
 mod stats;
 
 #[tokio::main]
