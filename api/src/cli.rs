@@ -54,8 +54,7 @@ async fn run() -> ExitCode {
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let pool = db::pool(config)?;
-    db::migrate(&pool).await.context("running migrations")?;
+    db::migrate(config).await.context("running migrations")?;
     tracing::info!("migrations applied");
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! `tenant_backups` is over the whole file, so it can be checked without the key.
 
 use crate::config::BackupSettings;
+use crate::db::{self, TenantTx};
 use crate::tenant_schema::{self, SchemaDump};
 use crate::{Result, TenantId};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -58,10 +59,18 @@ pub enum BackupError {
     Store(#[from] object_store::Error),
 }
 
-/// Reads everything the tenant owns in one consistent snapshot.
+/// Reads everything the tenant owns in one consistent snapshot: the tenant schema as its owner,
+/// then the tenant's rows through the tenant-scoped role (the same transaction, one snapshot).
 pub async fn collect(db: &PgPool, tenant: TenantId) -> Result<Archive> {
     let mut tx = db.begin().await?;
     sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
+    sqlx::query("set local role none").execute(&mut *tx).await?;
+    let schema_exists: bool = sqlx::query_scalar("select exists (select from pg_namespace where nspname = $1)")
+        .bind(tenant_schema::schema_name(tenant))
+        .fetch_one(&mut *tx)
+        .await?;
+    let schema = if schema_exists { Some(tenant_schema::dump(&mut tx, tenant).await?) } else { None };
+    let mut tx = TenantTx::enter(tx, tenant).await?;
     let row: Value = sqlx::query_scalar("select to_jsonb(t) - 'search' from tenants t where id = $1")
         .bind(tenant)
         .fetch_optional(&mut *tx)
@@ -76,18 +85,13 @@ pub async fn collect(db: &PgPool, tenant: TenantId) -> Result<Archive> {
                 .await?;
         tables.insert((*table).to_owned(), rows);
     }
-    let schema_exists: bool = sqlx::query_scalar("select exists (select from pg_namespace where nspname = $1)")
-        .bind(tenant_schema::schema_name(tenant))
-        .fetch_one(&mut *tx)
-        .await?;
-    let schema = if schema_exists { Some(tenant_schema::dump(&mut tx, tenant).await?) } else { None };
     tx.commit().await?;
     Ok(Archive { format: FORMAT_VERSION, created_at: Utc::now(), tenant_id: tenant, tenant: row, tables, schema })
 }
 
-/// Deletes the tenant's rows from every table a backup holds, in one transaction.
+/// Deletes the tenant's rows from every table a backup holds, in one tenant-scoped transaction.
 pub async fn delete_scoped_rows(db: &PgPool, tenant: TenantId) -> Result<()> {
-    let mut tx = db.begin().await?;
+    let mut tx = db::begin_tenant(db, tenant).await?;
     for table in SCOPED_TABLES {
         sqlx::query(&format!("delete from {table} where tenant_id = $1")).bind(tenant).execute(&mut *tx).await?;
     }

@@ -57,21 +57,24 @@ pub struct ContextPlan {
 }
 
 /// Builds the context from PostgreSQL; `None` for an unknown tenant.
+/// One tenant-scoped transaction reads it all, so the parts are consistent.
 pub async fn build(db: &PgPool, cipher: &ConfigCipher, id: TenantId) -> Result<Option<TenantContext>> {
-    let tenant = match tenants::get(db, id).await {
+    let mut tx = crate::db::begin_tenant(db, id).await?;
+    let tenant = match tenants::get(&mut *tx, id).await {
         Ok(t) => t,
         Err(crate::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let plan = plans::find(db, &tenant.plan_id.to_string()).await?;
-    let limits = quota::store::limits(db, id).await?;
+    let plan = plans::find(&mut *tx, &tenant.plan_id.to_string()).await?;
+    let limits = quota::store::limits(&mut tx).await?;
     let quotas = limits
         .iter()
         .map(|l| {
             (l.resource_type.clone(), json!({ "limit": l.limit_value, "unit": l.unit, "resetPeriod": l.reset_period }))
         })
         .collect();
-    let config = config_store::read_layer(db, cipher, id).await?;
+    let config = config_store::read_layer(&mut tx, cipher).await?;
+    tx.commit().await?;
     Ok(Some(TenantContext {
         features: features::effective(&plan.features, &tenant.features),
         tenant: ContextTenant {

@@ -3,7 +3,8 @@
 //! switch anything, recorded as an override. Overrides live in `tenants.features`.
 
 use crate::audit::{self, Actor};
-use crate::{Error, Result, TenantId, events, plans, tenants};
+use crate::db::TenantTx;
+use crate::{Error, Result, events, plans, tenants};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
@@ -57,13 +58,14 @@ pub fn effective(plan_features: &Value, overrides: &Value) -> Map<String, Value>
 /// transaction. A non-platform caller enabling a flag outside the plan gets
 /// `FEATURE_NOT_IN_PLAN`.
 pub async fn patch(
-    conn: &mut PgConnection,
-    tenant: TenantId,
+    tx: &mut TenantTx,
     changes: &Map<String, Value>,
     platform_admin: bool,
     actor: &Actor,
     request_id: Option<&str>,
 ) -> Result<Vec<FlagView>> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     let current = tenants::get_for_update(conn, tenant).await?;
     let plan = plans::find(&mut *conn, &current.plan_id.to_string()).await?;
     let mut overrides = current.features.as_object().cloned().unwrap_or_default();

@@ -6,6 +6,7 @@
 //! overwrite the progress of the one that took over. apalis-redis delivers at least once; the
 //! lease is what keeps two deliveries of one job from running at the same time.
 
+use crate::db::TenantTx;
 use crate::{JobId, Result, TenantId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -153,16 +154,18 @@ pub async fn get(db: impl PgExecutor<'_>, id: JobId) -> Result<Job> {
         .ok_or(crate::Error::NotFound { code: "JOB_NOT_FOUND", what: "job" })
 }
 
-pub async fn list_for_tenant(db: &PgPool, tenant: TenantId, page: u32, limit: u32) -> Result<(Vec<Job>, i64)> {
+/// One page of the tenant's jobs, newest first, read as the tenant.
+pub async fn list_for_tenant(tx: &mut TenantTx, page: u32, limit: u32) -> Result<(Vec<Job>, i64)> {
+    let tenant = tx.tenant();
     let total: i64 =
-        sqlx::query_scalar("select count(*) from jobs where tenant_id = $1").bind(tenant).fetch_one(db).await?;
+        sqlx::query_scalar("select count(*) from jobs where tenant_id = $1").bind(tenant).fetch_one(&mut **tx).await?;
     let rows = sqlx::query_as(&format!(
         "select {COLUMNS} from jobs where tenant_id = $1 order by created_at desc, id desc limit $2 offset $3"
     ))
     .bind(tenant)
     .bind(i64::from(limit))
     .bind(i64::from(page.saturating_sub(1)) * i64::from(limit))
-    .fetch_all(db)
+    .fetch_all(&mut **tx)
     .await?;
     Ok((rows, total))
 }

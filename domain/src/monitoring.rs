@@ -57,7 +57,7 @@ pub struct JobCounts {
 }
 
 /// Job counts, over all tenants or over one.
-pub async fn job_counts(db: &PgPool, tenant: Option<TenantId>) -> Result<JobCounts> {
+pub async fn job_counts(db: impl sqlx::PgExecutor<'_>, tenant: Option<TenantId>) -> Result<JobCounts> {
     let rows: Vec<(String, bool, i64)> = sqlx::query_as(
         "select status::text, finished_at is null, count(*) from jobs \
          where ($1::uuid is null or tenant_id = $1) \

@@ -35,10 +35,10 @@ create table if not exists {s}.settings (
 );
 "#;
 
-/// Creates the schema and its starter tables (idempotent).
+/// Creates the schema and its starter tables (idempotent), as the owner.
 pub async fn create(db: &PgPool, tenant: TenantId) -> Result<()> {
     let s = schema_name(tenant);
-    let mut tx = db.begin().await?;
+    let mut tx = crate::db::begin_owner(db).await?;
     // Two workers creating the same schema at once would race on the catalog; serialise per tenant.
     sqlx::query("select pg_advisory_xact_lock(hashtext($1))").bind(&s).execute(&mut *tx).await?;
     tx.execute(format!("create schema if not exists {s}").as_str()).await?;
@@ -48,7 +48,9 @@ pub async fn create(db: &PgPool, tenant: TenantId) -> Result<()> {
 }
 
 pub async fn drop(db: &PgPool, tenant: TenantId) -> Result<()> {
-    db.execute(format!("drop schema if exists {} cascade", schema_name(tenant)).as_str()).await?;
+    let mut tx = crate::db::begin_owner(db).await?;
+    tx.execute(format!("drop schema if exists {} cascade", quote_ident(&schema_name(tenant))).as_str()).await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -95,7 +97,8 @@ pub async fn dump(conn: &mut PgConnection, tenant: TenantId) -> Result<SchemaDum
     .await?;
     let mut out = Vec::with_capacity(tables.len());
     for name in tables {
-        let qualified = format!("{s}.{name}");
+        // Catalog names go into SQL quoted: a table called `Order` or `a b` dumps like any other.
+        let qualified = format!("{}.{}", quote_ident(&s), quote_ident(&name));
         let columns: Vec<ColumnDef> = sqlx::query_as(
             "select a.attname::text as name, format_type(a.atttypid, a.atttypmod) as data_type, \
                     a.attnotnull as not_null, pg_get_expr(d.adbin, d.adrelid) as default \
@@ -134,7 +137,7 @@ fn quote_ident(name: &str) -> String {
 /// Recreates the schema from a dump: tables, rows, then constraints and indexes (so rows load in
 /// any order). Fails if the schema already exists.
 pub async fn restore(conn: &mut PgConnection, tenant: TenantId, dump: &SchemaDump) -> Result<()> {
-    let s = schema_name(tenant);
+    let s = quote_ident(&schema_name(tenant));
     conn.execute(format!("create schema {s}").as_str()).await?;
     for table in &dump.tables {
         let columns: Vec<String> = table

@@ -2,6 +2,7 @@
 //! reads of one tenant's scoped rows go through [`crate::db::begin_tenant`] (see `quota::store`).
 
 use crate::audit::{self, Actor};
+use crate::db::TenantTx;
 use crate::{Error, PlanId, Result, TenantId, TenantStatus, events};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -193,8 +194,9 @@ impl ChangeContext {
     }
 }
 
-pub async fn update(db: &PgPool, id: TenantId, change: &TenantUpdate, ctx: &ChangeContext) -> Result<Tenant> {
-    let mut tx = db.begin().await?;
+/// Applies `change` to the tenant of `tx` and commits.
+pub async fn update(mut tx: TenantTx, change: &TenantUpdate, ctx: &ChangeContext) -> Result<Tenant> {
+    let id = tx.tenant();
     let old = get_for_update(&mut tx, id).await?;
     if matches!(old.status, TenantStatus::Deleting | TenantStatus::Deleted) {
         return Err(Error::InvalidState { message: format!("a {} tenant cannot be changed", old.status.as_str()) });

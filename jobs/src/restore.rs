@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tenant_domain::backup::{self, Archive};
 use tenant_domain::jobs::{Job, StepRecord};
 use tenant_domain::tenants::{self, ChangeContext, Tenant, Transition};
-use tenant_domain::{JobId, TenantId, TenantStatus, events, tenant_schema};
+use tenant_domain::{JobId, TenantId, TenantStatus, db, events, tenant_schema};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
@@ -119,14 +119,15 @@ impl Saga for Restore {
                     && !tenant_schema::exists(&ctx.db, id).await?
                 {
                     // One transaction: a crash leaves no half-restored schema behind.
-                    let mut tx = ctx.db.begin().await?;
+                    let mut tx = db::begin_owner(&ctx.db).await?;
                     tenant_schema::restore(&mut tx, id, dump).await?;
                     tx.commit().await?;
                 }
             }
             RestoreStep::RestoreRows => {
                 let archive = self.archive(ctx).await?;
-                let mut tx = ctx.db.begin().await?;
+                // As the tenant: a row of the archive that names another tenant is refused.
+                let mut tx = db::begin_tenant(&ctx.db, id).await?;
                 for table in backup::SCOPED_TABLES {
                     for row in archive.tables.get(*table).into_iter().flatten() {
                         sqlx::query(&format!(

@@ -424,7 +424,7 @@ async fn a_failed_plan_change_moves_the_subscription_back(mode: Mode) {
          create trigger refuse_lines before insert on invoice_lines for each row \
              when (new.tenant_id = '{id}') execute function refuse_lines();"
     ))
-    .execute(&b.app.db)
+    .execute(&b.app.owner_db)
     .await
     .expect("trigger");
 

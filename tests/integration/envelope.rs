@@ -63,7 +63,7 @@ async fn bad_input_is_400() {
         (Method::PUT, path.clone(), Some(json!({ "domain": "not a domain" }))),
         (Method::PUT, path.clone(), Some(json!({ "slug": "other-slug" }))),
         (Method::PATCH, format!("{path}/status"), Some(json!({ "status": "sleeping" }))),
-        (Method::GET, "/api/v1/tenants/not-a-uuid".to_string(), None),
+        (Method::GET, "/api/v1/tenants/Not_A_Uuid".to_string(), None),
         (Method::GET, "/api/v1/tenants?limit=101".to_string(), None),
         (Method::GET, "/api/v1/tenants?status=sleeping".to_string(), None),
     ] {

@@ -76,7 +76,7 @@ async fn a_constraint_violation_is_not_retried_and_its_text_stays_in_the_log() {
          end $$; \
          create trigger collide before insert on tenant_configs for each row execute function collide();",
     )
-    .execute(&app.db)
+    .execute(&app.owner_db)
     .await
     .expect("trigger");
     let _worker = app.spawn_worker();
@@ -314,9 +314,9 @@ async fn a_postgres_restart_under_load_loses_no_job_and_runs_none_twice() {
     let mut admin = sqlx::PgConnection::connect(&pg.url("postgres")).await.expect("admin");
     admin.execute("create database service").await.expect("database");
     let url = pg.url("service");
-    let pool = sqlx::PgPool::connect(&url).await.expect("pool");
-    tenant_domain::db::migrate(&pool).await.expect("migrated");
-    pool.close().await;
+    let mut owner = sqlx::PgConnection::connect(&url).await.expect("owner");
+    tenant_domain::db::migrate_on(&mut owner).await.expect("migrated");
+    owner.close().await.expect("closed");
     let app = TestApp::start(tenant_tests::test_env(&url)).await.expect("app");
     let _workers = [app.spawn_worker_process(WORKER), app.spawn_worker_process(WORKER)];
     // One tenant is active (its quota state is in Redis); then 19 more are created and

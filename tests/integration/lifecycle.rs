@@ -94,7 +94,7 @@ async fn snapshot(app: &TestApp, tenant: &str) -> Value {
     out.insert("billing_accounts".into(), Value::Array(billing));
     for table in ["users", "documents", "settings"] {
         let rows: Vec<Value> = sqlx::query_scalar(&format!("select to_jsonb(t) from {schema}.{table} t order by 1"))
-            .fetch_all(&app.db)
+            .fetch_all(&app.owner_db)
             .await
             .expect("schema rows");
         out.insert(format!("{schema}.{table}"), Value::Array(rows));
@@ -208,7 +208,7 @@ async fn create_delete_and_restore_round_trip() {
          insert into {schema}.documents (title, body, created_by) select 'Plan', '{{\"k\": [1, 2]}}', id from {schema}.users; \
          insert into {schema}.settings (key, value) values ('theme', '\"dark\"')"
     ))
-    .execute(&app.db)
+    .execute(&app.owner_db)
     .await
     .expect("tenant data");
     sqlx::query("update tenant_quotas set used_value = 42 where tenant_id = $1 and resource_type = 'users'")
@@ -669,7 +669,7 @@ async fn backups_go_to_s3_compatible_storage_and_restore_from_it() {
     assert_eq!(app.wait_job(&job, DEADLINE).await["status"], json!("succeeded"));
     let schema = format!("tenant_{}", tenant.replace('-', ""));
     sqlx::raw_sql(&format!("insert into {schema}.users (email, display_name) values ('c@s3.test', 'Cy')"))
-        .execute(&app.db)
+        .execute(&app.owner_db)
         .await
         .expect("tenant data");
     let before = snapshot(&app, &tenant).await;

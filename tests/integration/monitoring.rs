@@ -190,7 +190,7 @@ async fn tenant_health_names_what_is_wrong() {
     let id = Uuid::parse_str(&tenant).expect("uuid");
     sqlx::query("update tenants set status = 'suspended' where id = $1").bind(id).execute(&app.db).await.expect("q");
     sqlx::query(&format!("drop schema tenant_{} cascade", tenant.replace('-', "")))
-        .execute(&app.db)
+        .execute(&app.owner_db)
         .await
         .expect("drop");
     let (_, body) = service_get(&app, &path, Some(SERVICE_TOKEN)).await;

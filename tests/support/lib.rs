@@ -67,21 +67,27 @@ pub async fn fresh_database() -> anyhow::Result<String> {
             let _ = admin.execute(format!("drop database if exists \"{name}\" with (force)").as_str()).await;
         }
     }
-    // Create the shared role up front, so parallel migrations don't race to create it.
-    let _ = admin
-        .execute(
-            "do $$ begin if not exists (select from pg_roles where rolname = 'tenant_app') then \
-             create role tenant_app login nosuperuser nobypassrls; end if; \
-             exception when duplicate_object or unique_violation then null; end $$",
-        )
-        .await;
+    // Create the shared roles up front, so parallel migrations don't race to create them.
+    for role in ["tenant_app login", "tenant_platform nologin"] {
+        let (name, login) = role.split_once(' ').unwrap_or((role, ""));
+        let _ = admin
+            .execute(
+                format!(
+                    "do $$ begin if not exists (select from pg_roles where rolname = '{name}') then \
+                     create role {name} {login} nosuperuser nobypassrls; end if; \
+                     exception when duplicate_object or unique_violation then null; end $$"
+                )
+                .as_str(),
+            )
+            .await;
+    }
     let name = format!("tt_{now}_{}", Uuid::new_v4().simple());
     admin.execute(format!("create database \"{name}\"").as_str()).await?;
     admin.close().await?;
     let url = with_database(&admin_url, &name);
-    let pool = PgPool::connect(&url).await?;
-    db::migrate(&pool).await.context("migrating the test database")?;
-    pool.close().await;
+    let mut owner = PgConnection::connect(&url).await?;
+    db::migrate_on(&mut owner).await.context("migrating the test database")?;
+    owner.close().await?;
     Ok(url)
 }
 
@@ -134,8 +140,13 @@ pub struct TestApp {
     pub env: HashMap<String, String>,
     pub config: Config,
     pub state: AppState,
-    /// Owner connection to this test's database (not subject to row-level security).
+    /// The service's own platform pool on this test's database (role `tenant_platform`: every
+    /// tenant's rows; see `tenant_domain::db`).
     pub db: PgPool,
+    /// The owner's connection (the `DATABASE_URL` user), for what only the owner may do: DDL,
+    /// the tenant schemas. It sees no tenant row (forced row-level security) unless it is a
+    /// superuser, as the test cluster's `postgres` is.
+    pub owner_db: PgPool,
     pub database_url: String,
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
@@ -176,7 +187,8 @@ impl TestApp {
         Ok(TestApp {
             addr,
             env: env_copy,
-            db: PgPool::connect_lazy(&database_url)?,
+            db: db::pool(&config)?,
+            owner_db: PgPool::connect_lazy(&database_url)?,
             database_url,
             config,
             state,

@@ -1,8 +1,8 @@
 //! `GET /api/v1/tenants/{id}/audit`: the tenant's audit log, newest first.
 
-use super::auth::{Access, AuthUser};
+use super::access::{Admin, TenantAccess};
 use super::error::Result;
-use super::extract::{Path, Query, RequestId};
+use super::extract::Query;
 use super::response::{self, Envelope, PageMeta, PageParams};
 use crate::AppState;
 use axum::extract::State;
@@ -10,7 +10,7 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use tenant_domain::{Error, TenantId, db};
+use tenant_domain::Error;
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -35,15 +35,12 @@ pub struct AuditEntry {
               (status = 403, description = "Admins of the tenant and platform admins only", body = super::error::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
+    access: TenantAccess<Admin>,
     Query(params): Query<PageParams>,
 ) -> Result<Response> {
-    user.authorize(&state, id, Access::Admin, &request_id).await?;
     let (page, limit) = params.resolve()?;
     // Read as the tenant: row-level security keeps other tenants' entries out.
-    let mut tx = db::begin_tenant(&state.db, id).await?;
+    let mut tx = access.begin(&state).await?;
     let total: i64 =
         sqlx::query_scalar("select count(*) from audit_log").fetch_one(&mut *tx).await.map_err(Error::from)?;
     let entries: Vec<AuditEntry> = sqlx::query_as(
@@ -55,6 +52,6 @@ pub async fn list(
     .fetch_all(&mut *tx)
     .await
     .map_err(Error::from)?;
-    tx.commit().await.map_err(Error::from)?;
+    tx.commit().await?;
     Ok(response::page(entries, PageMeta { total, page, limit }))
 }

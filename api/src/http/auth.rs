@@ -1,16 +1,13 @@
 //! Authentication and authorisation.
 //!
 //! * `/api/v1/*`: `Authorization: Bearer <JWT>` (HS256, `JWT_SECRET`) with claims `sub`,
-//!   `tenant_id` (absent for platform staff), `roles` and `exp`. [`AuthUser`] extracts it;
-//!   [`AuthUser::authorize`] decides per tenant: a platform admin may act on any tenant, anyone
-//!   else only on the tenant of their token — naming another is 403 `CROSS_TENANT_ACCESS_DENIED`,
-//!   counted in a metric and written to the audit log.
+//!   `tenant_id` (absent for platform staff), `roles` and `exp`. [`AuthUser`] extracts it; what
+//!   it may do on a tenant is decided in one place, the extractors of [`super::access`].
 //! * `/internal/*`: `X-Service-Token` must be one of `SERVICE_TOKENS`. Both sides are hashed
 //!   with SHA-256 and compared in constant time, so neither the token nor its length leaks
 //!   through timing.
 
 use super::error::{ApiError, Result};
-use super::extract::RequestId;
 use crate::AppState;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -20,7 +17,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tenant_domain::audit::{self, Actor};
+use tenant_domain::audit::Actor;
 use tenant_domain::{Config, TenantId};
 use uuid::Uuid;
 
@@ -112,17 +109,6 @@ pub struct AuthUser {
     pub roles: Vec<Role>,
 }
 
-/// What a request needs on a tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Admins and members of the tenant.
-    Read,
-    /// Admins of the tenant.
-    Admin,
-    /// Platform staff only.
-    Platform,
-}
-
 impl AuthUser {
     pub fn is_platform_admin(&self) -> bool {
         self.roles.contains(&Role::PlatformAdmin)
@@ -132,56 +118,12 @@ impl AuthUser {
         Actor::User(self.user_id.clone())
     }
 
-    /// Allows or refuses `access` to `tenant`. A cross-tenant attempt is counted and audited.
-    pub async fn authorize(
-        &self,
-        state: &AppState,
-        tenant: TenantId,
-        access: Access,
-        request_id: &RequestId,
-    ) -> Result<()> {
-        // The request's log lines carry the tenant it is about.
-        tracing::Span::current().record("tenant_id", tracing::field::display(tenant));
-        if self.is_platform_admin() {
-            return Ok(());
-        }
-        if access == Access::Platform {
-            return Err(ApiError::forbidden("this action needs the platform_admin role"));
-        }
-        let Some(own) = self.tenant else {
-            return Err(ApiError::forbidden("the token names no tenant"));
-        };
-        if own != tenant {
-            self.record_cross_tenant_denial(state, tenant, request_id).await;
-            return Err(ApiError::new(
-                axum::http::StatusCode::FORBIDDEN,
-                "CROSS_TENANT_ACCESS_DENIED",
-                "the token does not belong to this tenant",
-            ));
-        }
-        let allowed = match access {
-            Access::Admin => self.roles.contains(&Role::TenantAdmin),
-            Access::Read => self.roles.iter().any(|r| matches!(r, Role::TenantAdmin | Role::TenantMember)),
-            Access::Platform => false,
-        };
-        if allowed { Ok(()) } else { Err(ApiError::forbidden("the token's roles do not allow this")) }
-    }
-
-    async fn record_cross_tenant_denial(&self, state: &AppState, target: TenantId, request_id: &RequestId) {
-        state.metrics.cross_tenant_denials.inc();
-        tracing::warn!(user = %self.user_id, token_tenant = ?self.tenant, target = %target, "cross-tenant access denied");
-        let entry = audit::Entry {
-            tenant: Some(target),
-            actor: &self.actor(),
-            action: "access.cross_tenant_denied",
-            resource: Some(format!("tenants/{target}")),
-            old_value: None,
-            new_value: Some(serde_json::json!({ "tokenTenantId": self.tenant })),
-            request_id: request_id.0.as_deref(),
-        };
-        // The denial stands whether or not the audit write succeeds.
-        if let Err(err) = audit::record(&state.db, entry).await {
-            tracing::error!(error = ?err, "could not audit a cross-tenant denial");
+    /// Whose `Idempotency-Key`s these are: the subject within its tenant (or the platform), so
+    /// equal subjects issued for two tenants never share stored answers.
+    pub fn idempotency_scope(&self) -> String {
+        match self.tenant {
+            Some(t) => format!("{t}:{}", self.user_id),
+            None => format!("platform:{}", self.user_id),
         }
     }
 }

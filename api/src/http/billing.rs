@@ -3,9 +3,9 @@
 //! written in the tenant-scoped transaction; the plan change's checks and proration are
 //! `billing::plan_change::quote`, the very function the job's first step runs.
 
-use super::auth::{Access, AuthUser};
+use super::access::{Admin, Read, TenantAccess};
 use super::error::{ApiError, Result};
-use super::extract::{Json, Path, Query, RequestId};
+use super::extract::{Json, Path, Query};
 use super::idempotency::IdempotencyKey;
 use super::response::{self, Envelope, PageMeta, PageParams};
 use crate::AppState;
@@ -21,6 +21,7 @@ use tenant_domain::billing::period::{Interval, Period};
 use tenant_domain::billing::plan_change::{self, Quote};
 use tenant_domain::billing::store::{self, Invoice, Payment};
 use tenant_domain::billing::{self, CardSummary, Charge, ChargeStatus};
+use tenant_domain::db::TenantTx;
 use tenant_domain::external::ExternalError;
 use tenant_domain::jobs::{self, Job, NewJob};
 use tenant_domain::money::{Currency, Money};
@@ -69,13 +70,8 @@ pub struct BillingPlan {
     responses((status = 200, description = "Plan, interval, status, period, balance, card on file, upcoming invoice", body = inline(Envelope<BillingView>)),
               (status = 403, description = "Another tenant", body = super::error::ErrorBody),
               (status = 404, description = "`TENANT_NOT_FOUND` or `BILLING_ACCOUNT_NOT_FOUND`", body = super::error::ErrorBody)))]
-pub async fn show(
-    State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
-) -> Result<Response> {
-    user.authorize(&state, id, Access::Read, &request_id).await?;
+pub async fn show(State(state): State<AppState>, access: TenantAccess<Read>) -> Result<Response> {
+    let id = access.tenant;
     let mut tx = db::begin_tenant(&state.db, id).await?;
     let account = store::account(&mut tx, id)
         .await?
@@ -85,7 +81,7 @@ pub async fn show(
     let usage_billing = state.config.billing.usage_billing;
     let upcoming = invoicing::upcoming(&mut tx, id, &account, &plan, usage_billing, Utc::now()).await?;
     let balance = Money::new(store::balance_due(&mut tx, id).await?, price.currency);
-    tx.commit().await.map_err(Error::from)?;
+    tx.commit().await?;
     Ok(response::ok(BillingView {
         tenant_id: id,
         provider: account.provider.clone(),
@@ -151,13 +147,11 @@ const PRORATION_DATE_MAX_AGE: ChronoDuration = ChronoDuration::hours(1);
               (status = 409, description = "`INVALID_STATE` (not active, no account), `PLAN_UNCHANGED`, `PLAN_CHANGE_IN_PROGRESS`, `BILLING_PERIOD_CLOSING`", body = super::error::ErrorBody)))]
 pub async fn change_plan(
     State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
+    access: TenantAccess<Admin>,
     Query(params): Query<ChangePlanParams>,
     Json(body): Json<ChangePlanRequest>,
 ) -> Result<Response> {
-    user.authorize(&state, id, Access::Admin, &request_id).await?;
+    let id = access.tenant;
     let now = Utc::now();
     let at = body.proration_date.unwrap_or(now);
     if at > now + ChronoDuration::seconds(60) || at < now - PRORATION_DATE_MAX_AGE {
@@ -173,7 +167,7 @@ pub async fn change_plan(
     let tenant = tenants::get(&mut *tx, id).await?;
     let account = plan_change::account(&mut tx, &tenant).await?;
     let quote = plan_change::quote(&mut tx, &tenant, &account, &to, body.interval, at).await?;
-    tx.rollback().await.map_err(Error::from)?;
+    tx.rollback().await?;
     if params.preview.unwrap_or(false) {
         return Ok(response::ok(quote));
     }
@@ -210,12 +204,12 @@ pub async fn change_plan(
         &mut *tx,
         audit::Entry {
             tenant: Some(id),
-            actor: &user.actor(),
+            actor: &access.actor(),
             action: "tenant.plan_change_requested",
             resource: Some(format!("tenants/{id}/billing")),
             old_value: Some(json!({ "planId": quote.from.plan_id, "interval": quote.from.interval })),
             new_value: Some(json!({ "planId": quote.to.plan_id, "interval": quote.to.interval, "jobId": job.id })),
-            request_id: request_id.0.as_deref(),
+            request_id: access.request_id(),
         },
     )
     .await?;
@@ -236,16 +230,14 @@ pub async fn change_plan(
               (status = 403, description = "Another tenant", body = super::error::ErrorBody)))]
 pub async fn invoices(
     State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
+    access: TenantAccess<Read>,
     Query(params): Query<PageParams>,
 ) -> Result<Response> {
-    user.authorize(&state, id, Access::Read, &request_id).await?;
+    let id = access.tenant;
     let (page, limit) = params.resolve()?;
     let mut tx = db::begin_tenant(&state.db, id).await?;
     let (items, total) = store::invoices(&mut tx, id, page, limit).await?;
-    tx.commit().await.map_err(Error::from)?;
+    tx.commit().await?;
     Ok(response::page(items, PageMeta { total, page, limit }))
 }
 
@@ -256,14 +248,13 @@ pub async fn invoices(
               (status = 404, description = "`INVOICE_NOT_FOUND`", body = super::error::ErrorBody)))]
 pub async fn invoice(
     State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path((id, invoice_id)): Path<(TenantId, Uuid)>,
+    access: TenantAccess<Read>,
+    Path((_, invoice_id)): Path<(String, Uuid)>,
 ) -> Result<Response> {
-    user.authorize(&state, id, Access::Read, &request_id).await?;
+    let id = access.tenant;
     let mut tx = db::begin_tenant(&state.db, id).await?;
     let invoice = store::invoice(&mut tx, id, invoice_id, false).await?;
-    tx.commit().await.map_err(Error::from)?;
+    tx.commit().await?;
     Ok(response::ok(invoice))
 }
 
@@ -300,13 +291,11 @@ pub struct PaymentResult {
               (status = 503, description = "The payment provider is unreachable; retry with the same key", body = super::error::ErrorBody)))]
 pub async fn pay(
     State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
+    access: TenantAccess<Admin>,
     key: IdempotencyKey,
-    Path(id): Path<TenantId>,
     Json(body): Json<PaymentRequest>,
 ) -> Result<Response> {
-    user.authorize(&state, id, Access::Admin, &request_id).await?;
+    let id = access.tenant;
     if !(1..=1_000_000_000_000).contains(&body.amount) {
         return Err(ApiError::field("amount", "must be from 1 to 10^12 minor units"));
     }
@@ -326,7 +315,7 @@ pub async fn pay(
         // Settled before under this key: the same answer, nothing charged again.
         Some(p) if p.status != "pending" => {
             let invoice = store::invoice(&mut tx, id, p.invoice_id, false).await?;
-            tx.commit().await.map_err(Error::from)?;
+            tx.commit().await?;
             return Ok(response::ok(PaymentResult { payment: p, invoice }));
         }
         // Interrupted before it settled: charge again under the same provider key.
@@ -365,7 +354,7 @@ pub async fn pay(
         }
     };
     let invoice_number = store::invoice(&mut tx, id, payment.invoice_id, false).await?.number;
-    tx.commit().await.map_err(Error::from)?;
+    tx.commit().await?;
 
     let currency = Currency::parse(&payment.currency).map_err(|e| ApiError::internal(anyhow::anyhow!("{e}")))?;
     let charged = state
@@ -409,16 +398,16 @@ pub async fn pay(
     if failure.is_none() {
         billing::record_event(&mut *tx, id, events::PAYMENT_SUCCEEDED, event_data).await?;
         if became_paid {
-            reactivated = settle_dunning(&mut tx, id, &user, &request_id).await?;
+            reactivated = settle_dunning(&mut tx, &access).await?;
         }
     } else {
         billing::record_event(&mut *tx, id, events::PAYMENT_FAILED, event_data).await?;
     }
     let invoice = store::invoice(&mut tx, id, payment.invoice_id, false).await?;
     if reactivated {
-        super::quotas::commit_and_mirror(&state, tx, id).await?;
+        super::quotas::commit_and_mirror(&state, tx).await?;
     } else {
-        tx.commit().await.map_err(Error::from)?;
+        tx.commit().await?;
     }
     if let Some(message) = failure {
         return Err(ApiError::new(StatusCode::PAYMENT_REQUIRED, "PAYMENT_FAILED", message.to_owned())
@@ -429,12 +418,9 @@ pub async fn pay(
 
 /// After an invoice became paid: with nothing else overdue, the account is in good standing
 /// again, and a tenant that dunning suspended is reactivated. True if the tenant was.
-async fn settle_dunning(
-    tx: &mut sqlx::PgConnection,
-    id: TenantId,
-    user: &AuthUser,
-    request_id: &RequestId,
-) -> Result<bool> {
+async fn settle_dunning(tx: &mut TenantTx, access: &TenantAccess<Admin>) -> Result<bool> {
+    let id = tx.tenant();
+    let tx: &mut sqlx::PgConnection = tx;
     let still_open: i64 = sqlx::query_scalar(
         "select count(*) from invoices where tenant_id = $1 and status = 'open' and total_minor > amount_paid_minor",
     )
@@ -461,7 +447,7 @@ async fn settle_dunning(
     if tenant.status != TenantStatus::Suspended {
         return Ok(false);
     }
-    let ctx = ChangeContext { actor: user.actor(), request_id: request_id.0.clone() };
+    let ctx = ChangeContext { actor: access.actor(), request_id: access.request_id.0.clone() };
     tenants::set_status(tx, id, TenantStatus::Active, Some("payment received"), &ctx).await?;
     sqlx::query("update billing_accounts set dunning_suspended_at = null where tenant_id = $1")
         .bind(id)

@@ -14,7 +14,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Serialize;
 use tenant_domain::Error;
-use tenant_domain::billing::webhook::{self, VerifyError};
+use tenant_domain::billing::webhook::{self, Outcome, Route, VerifyError};
+use tenant_domain::db::TenantTx;
 
 /// What became of a delivery.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -60,11 +61,22 @@ pub async fn receive(
         })?;
 
     let mut tx = state.db.begin().await.map_err(Error::from)?;
-    let outcome = webhook::apply(&mut tx, &event, request_id.0.as_deref()).await?;
-    match outcome.reactivated {
-        Some(tenant) => super::quotas::commit_and_mirror(&state, tx, tenant).await?,
-        None => tx.commit().await.map_err(Error::from)?,
-    }
+    let outcome = match webhook::route(&mut tx, &event).await? {
+        Route::Tenant(tenant) => {
+            let mut tx = TenantTx::enter(tx, tenant).await?;
+            let outcome = webhook::apply(&mut tx, &event, request_id.0.as_deref()).await?;
+            if outcome.reactivated.is_some() {
+                super::quotas::commit_and_mirror(&state, tx).await?;
+            } else {
+                tx.commit().await?;
+            }
+            outcome
+        }
+        route => {
+            tx.commit().await.map_err(Error::from)?;
+            Outcome::skipped(&event, matches!(route, Route::Duplicate))
+        }
+    };
     outcome.committed();
     Ok(response::ok(WebhookReceipt { received: true, duplicate: outcome.duplicate, applied: outcome.applied }))
 }

@@ -1,8 +1,9 @@
 //! Feature flags: `GET/PATCH /api/v1/tenants/{id}/features`, `GET /internal/tenants/{id}/features`.
 
-use super::auth::{Access, AuthUser, ServiceCaller};
+use super::access::{Admin, Read, TenantAccess};
+use super::auth::ServiceCaller;
 use super::error::{ApiError, Result};
-use super::extract::{Json, Path, RequestId};
+use super::extract::{Json, Path};
 use super::response::{self, Envelope};
 use crate::AppState;
 use axum::extract::State;
@@ -15,15 +16,11 @@ use tenant_domain::{Error, TenantId, plans, tenants};
     params(("id" = Uuid, Path, description = "Tenant id")),
     responses((status = 200, description = "The eight flags, each with its source (`plan` or `override`)", body = inline(Envelope<Vec<FlagView>>)),
               (status = 403, description = "Another tenant", body = super::error::ErrorBody)))]
-pub async fn get(
-    State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
-) -> Result<Response> {
-    user.authorize(&state, id, Access::Read, &request_id).await?;
-    let tenant = tenants::get(&state.db, id).await?;
-    let plan = plans::find(&state.db, &tenant.plan_id.to_string()).await?;
+pub async fn get(State(state): State<AppState>, access: TenantAccess<Read>) -> Result<Response> {
+    let mut tx = access.begin(&state).await?;
+    let tenant = tenants::get(&mut *tx, access.tenant).await?;
+    let plan = plans::find(&mut *tx, &tenant.plan_id.to_string()).await?;
+    tx.commit().await?;
     Ok(response::ok(features::view(&plan.features, &tenant.features)))
 }
 
@@ -35,19 +32,17 @@ pub async fn get(
               (status = 403, description = "`FEATURE_NOT_IN_PLAN` (a tenant admin enabling a flag outside the plan)", body = super::error::ErrorBody)))]
 pub async fn patch(
     State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
+    access: TenantAccess<Admin>,
     Json(body): Json<Value>,
 ) -> Result<Response> {
-    user.authorize(&state, id, Access::Admin, &request_id).await?;
+    let id = access.tenant;
     let Some(changes) = body.as_object().filter(|o| !o.is_empty()) else {
         return Err(ApiError::validation("expected an object of flags, e.g. {\"realTimeChat\": true}"));
     };
-    let mut tx = state.db.begin().await.map_err(Error::from)?;
-    let flags =
-        features::patch(&mut tx, id, changes, user.is_platform_admin(), &user.actor(), request_id.0.as_deref()).await?;
-    tx.commit().await.map_err(Error::from)?;
+    let mut tx = access.begin(&state).await?;
+    let admin = access.user.is_platform_admin();
+    let flags = features::patch(&mut tx, changes, admin, &access.actor(), access.request_id()).await?;
+    tx.commit().await?;
     state.contexts.invalidate(id).await;
     Ok(response::ok(flags))
 }

@@ -210,10 +210,10 @@ async fn run_idempotently(
     next: axum::middleware::Next,
 ) -> Result<Response, Response> {
     let key = parse_key(&key).map_err(IntoResponse::into_response)?;
-    // The caller: the token's subject (an invalid token is left to the handler's 401).
+    // The caller: the token's tenant and subject (an invalid token is left to the handler's 401).
     let (parts, body) = request.into_parts();
     let scope = match super::auth::authenticate(&parts, state) {
-        Ok(user) => user.user_id,
+        Ok(user) => user.idempotency_scope(),
         Err(err) => return Err(err.into_response()),
     };
     let bytes = axum::body::to_bytes(body, state.config.body_limit_bytes).await.map_err(|_| {

@@ -1,9 +1,9 @@
 //! Job polling and streaming: `GET /api/v1/jobs/{id}`, `GET /api/v1/jobs/{id}/events` (server-sent
 //! events of its progress) and `GET /api/v1/tenants/{id}/jobs`.
 
-use super::auth::{Access, AuthUser};
+use super::access::{JobAccess, Read, TenantAccess};
 use super::error::{ApiError, Result};
-use super::extract::{Path, Query, RequestId};
+use super::extract::Query;
 use super::response::{self, Envelope, PageMeta, PageParams};
 use crate::AppState;
 use crate::job_watch::{FALLBACK_POLL, Signal};
@@ -14,7 +14,7 @@ use futures::Stream;
 use sqlx::PgPool;
 use std::convert::Infallible;
 use tenant_domain::jobs::{self, Job};
-use tenant_domain::{Error, JobId, TenantId};
+use tenant_domain::{Error, JobId};
 use tokio::sync::{broadcast, watch};
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", security(("bearer" = [])),
@@ -22,25 +22,8 @@ use tokio::sync::{broadcast, watch};
     responses((status = 200, description = "The job with its steps", body = inline(Envelope<Job>)),
               (status = 403, description = "Another tenant's job", body = super::error::ErrorBody),
               (status = 404, description = "`JOB_NOT_FOUND`", body = super::error::ErrorBody)))]
-pub async fn get(
-    State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<JobId>,
-) -> Result<Response> {
-    let job = jobs::get(&state.db, id).await?;
-    authorize(&state, &user, &job, &request_id).await?;
-    Ok(response::ok(job))
-}
-
-/// A tenant's jobs are readable by whoever may read the tenant; platform jobs (rollups) by
-/// platform admins only.
-async fn authorize(state: &AppState, user: &AuthUser, job: &Job, request_id: &RequestId) -> Result<()> {
-    match job.tenant_id {
-        Some(tenant) => user.authorize(state, tenant, Access::Read, request_id).await,
-        None if user.is_platform_admin() => Ok(()),
-        None => Err(ApiError::forbidden("platform jobs are for platform admins")),
-    }
+pub async fn get(access: JobAccess) -> Result<Response> {
+    Ok(response::ok(access.job))
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/events", tag = "jobs", security(("bearer" = [])),
@@ -54,14 +37,8 @@ async fn authorize(state: &AppState, user: &AuthUser, job: &Job, request_id: &Re
               (status = 403, description = "Another tenant's job", body = super::error::ErrorBody),
               (status = 404, description = "`JOB_NOT_FOUND`", body = super::error::ErrorBody),
               (status = 503, description = "Change announcements are unavailable (Redis down)", body = super::error::ErrorBody)))]
-pub async fn events(
-    State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<JobId>,
-) -> Result<Response> {
-    let job = jobs::get(&state.db, id).await?;
-    authorize(&state, &user, &job, &request_id).await?;
+pub async fn events(State(state): State<AppState>, access: JobAccess) -> Result<Response> {
+    let id = access.job.id;
     let signals = state
         .job_watch
         .subscribe()
@@ -175,13 +152,12 @@ fn progress(state: Progress) -> impl Stream<Item = std::result::Result<Event, In
               (status = 403, description = "Another tenant", body = super::error::ErrorBody)))]
 pub async fn list_for_tenant(
     State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
+    access: TenantAccess<Read>,
     Query(params): Query<PageParams>,
 ) -> Result<Response> {
-    user.authorize(&state, id, Access::Read, &request_id).await?;
     let (page, limit) = params.resolve()?;
-    let (items, total) = jobs::list_for_tenant(&state.db, id, page, limit).await?;
+    let mut tx = access.begin(&state).await?;
+    let (items, total) = jobs::list_for_tenant(&mut tx, page, limit).await?;
+    tx.commit().await?;
     Ok(response::page(items, PageMeta { total, page, limit }))
 }

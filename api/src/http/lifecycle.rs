@@ -3,9 +3,9 @@
 //! Redis after commit, and answers 202 with `Location: /api/v1/jobs/{id}`. If the push fails
 //! after commit, the worker's reconciler delivers the job.
 
-use super::auth::AuthUser;
+use super::access::{Platform, PlatformUser, TenantAccess};
 use super::error::{ApiError, Result};
-use super::extract::{Json, Path, RequestId};
+use super::extract::{Json, RequestId};
 use super::idempotency::{self, Begin, IdempotencyKey};
 use super::response::Envelope;
 use super::validate;
@@ -55,14 +55,6 @@ pub struct Accepted {
     pub job: Job,
 }
 
-fn platform_only(user: &AuthUser) -> Result<()> {
-    if user.is_platform_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("this action needs the platform_admin role"))
-    }
-}
-
 pub fn validate_slug(slug: &str) -> Result<()> {
     if tenants::is_valid_slug(slug) {
         Ok(())
@@ -109,12 +101,11 @@ fn validate_features(value: Value) -> Result<Value> {
               (status = 422, description = "Idempotency-Key reused for another request", body = super::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
-    user: AuthUser,
+    PlatformUser(user): PlatformUser,
     request_id: RequestId,
     key: IdempotencyKey,
     Json(body): Json<CreateTenantRequest>,
 ) -> Result<Response> {
-    platform_only(&user)?;
     let raw = serde_json::to_value(&body).map_err(ApiError::internal)?;
     let name = validate::name(&body.name)?;
     validate_slug(&body.slug)?;
@@ -129,10 +120,11 @@ pub async fn create(
     };
     let started = Instant::now();
     let mut tx = state.db.begin().await.map_err(Error::from)?;
-    let claim = match idempotency::begin(&mut tx, &key, &user.user_id, "POST", "/api/v1/tenants", &raw).await? {
-        Begin::Replay(response) => return Ok(response),
-        Begin::Proceed(claim) => claim,
-    };
+    let claim =
+        match idempotency::begin(&mut tx, &key, &user.idempotency_scope(), "POST", "/api/v1/tenants", &raw).await? {
+            Begin::Replay(response) => return Ok(response),
+            Begin::Proceed(claim) => claim,
+        };
     let new = NewTenant {
         id: TenantId::new_v7(),
         name,
@@ -175,19 +167,18 @@ pub async fn create(
               (status = 409, description = "`INVALID_STATE`: provisioning, deleting or deleted", body = super::error::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
+    access: TenantAccess<Platform>,
     key: IdempotencyKey,
-    Path(id): Path<TenantId>,
 ) -> Result<Response> {
-    platform_only(&user)?;
+    let (id, user, request_id) = (access.tenant, access.user, access.request_id);
     let started = Instant::now();
     let mut tx = state.db.begin().await.map_err(Error::from)?;
     let path = format!("/api/v1/tenants/{id}");
-    let claim = match idempotency::begin(&mut tx, &key, &user.user_id, "DELETE", &path, &Value::Null).await? {
-        Begin::Replay(response) => return Ok(response),
-        Begin::Proceed(claim) => claim,
-    };
+    let claim =
+        match idempotency::begin(&mut tx, &key, &user.idempotency_scope(), "DELETE", &path, &Value::Null).await? {
+            Begin::Replay(response) => return Ok(response),
+            Begin::Proceed(claim) => claim,
+        };
     let ctx = ChangeContext { actor: user.actor(), request_id: request_id.0 };
     let (previous_status, tenant) = tenants::mark_deleting(&mut tx, id, &ctx).await?;
     let payload = serde_json::to_value(DeletePayload { tenant_id: id, previous_status }).map_err(ApiError::internal)?;
@@ -211,19 +202,21 @@ pub struct RestoreRequest {
               (status = 409, description = "`INVALID_STATE` (tenant not deleted) or `TENANT_SLUG_TAKEN`", body = super::error::ErrorBody)))]
 pub async fn restore(
     State(state): State<AppState>,
-    user: AuthUser,
+    PlatformUser(user): PlatformUser,
     request_id: RequestId,
     key: IdempotencyKey,
     Json(body): Json<RestoreRequest>,
 ) -> Result<Response> {
-    platform_only(&user)?;
     let raw = serde_json::to_value(&body).map_err(ApiError::internal)?;
     let started = Instant::now();
     let mut tx = state.db.begin().await.map_err(Error::from)?;
-    let claim = match idempotency::begin(&mut tx, &key, &user.user_id, "POST", "/api/v1/tenants/restore", &raw).await? {
-        Begin::Replay(response) => return Ok(response),
-        Begin::Proceed(claim) => claim,
-    };
+    let claim =
+        match idempotency::begin(&mut tx, &key, &user.idempotency_scope(), "POST", "/api/v1/tenants/restore", &raw)
+            .await?
+        {
+            Begin::Replay(response) => return Ok(response),
+            Begin::Proceed(claim) => claim,
+        };
     let tenant_id: Option<TenantId> = sqlx::query_scalar("select tenant_id from tenant_backups where id = $1")
         .bind(body.backup_id)
         .fetch_optional(&mut *tx)

@@ -1,5 +1,6 @@
 //! Everything HTTP: the router, its middleware stack, and one module per resource.
 
+pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod billing;

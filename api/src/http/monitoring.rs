@@ -3,9 +3,10 @@
 //! (`GET /internal/tenants/metrics`) and one tenant's health (`GET /internal/tenants/{id}/health`).
 //! Prometheus scrapes `/metrics`; these are for dashboards, admin tools and other services.
 
-use super::auth::{Access, AuthUser, ServiceCaller};
-use super::error::{ApiError, Result};
-use super::extract::{Path, Query, RequestId};
+use super::access::{PlatformUser, Read, TenantAccess};
+use super::auth::ServiceCaller;
+use super::error::Result;
+use super::extract::{Path, Query};
 use super::quotas::{QuotaView, quota_views};
 use super::response::{self, Envelope, PageMeta, PageParams};
 use crate::AppState;
@@ -57,10 +58,7 @@ pub struct ProcessMetrics {
 #[utoipa::path(get, path = "/api/v1/metrics", tag = "operations", security(("bearer" = [])),
     responses((status = 200, description = "Tenants by status and plan, jobs, queue and outbox backlog, and this process's figures", body = inline(Envelope<ServiceMetrics>)),
               (status = 403, description = "Platform admins only", body = super::error::ErrorBody)))]
-pub async fn service(State(state): State<AppState>, user: AuthUser) -> Result<Response> {
-    if !user.is_platform_admin() {
-        return Err(ApiError::forbidden("service metrics are for platform admins"));
-    }
+pub async fn service(State(state): State<AppState>, _platform: PlatformUser) -> Result<Response> {
     let (tenants, jobs, unpublished_events) = tokio::try_join!(
         monitoring::tenant_counts(&state.db),
         monitoring::job_counts(&state.db, None),
@@ -135,18 +133,14 @@ pub struct QuotaUsage {
               (status = 403, description = "Another tenant", body = super::error::ErrorBody),
               (status = 404, description = "No such tenant", body = super::error::ErrorBody),
               (status = 503, description = "Redis unreachable", body = super::error::ErrorBody)))]
-pub async fn tenant(
-    State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
-) -> Result<Response> {
-    user.authorize(&state, id, Access::Read, &request_id).await?;
-    let tenant = tenants::get(&state.db, id).await?;
-    let plan = plans::find(&state.db, &tenant.plan_id.to_string()).await?;
-    let (views, jobs) = tokio::try_join!(quota_views(&state, id), async {
-        monitoring::job_counts(&state.db, Some(id)).await.map_err(ApiError::from)
-    })?;
+pub async fn tenant(State(state): State<AppState>, access: TenantAccess<Read>) -> Result<Response> {
+    let id = access.tenant;
+    let mut tx = access.begin(&state).await?;
+    let tenant = tenants::get(&mut *tx, id).await?;
+    let plan = plans::find(&mut *tx, &tenant.plan_id.to_string()).await?;
+    let jobs = monitoring::job_counts(&mut *tx, Some(id)).await?;
+    tx.commit().await?;
+    let views = quota_views(&state, id).await?;
     let quotas: Vec<QuotaUsage> =
         views.into_iter().map(|q| QuotaUsage { percent: percent(q.used, q.limit), quota: q }).collect();
     Ok(response::ok(TenantMetrics {

@@ -6,6 +6,7 @@
 //! row they bought; a change of name, description, order or availability is made in place. Both
 //! bodies become a `PlanDraft`, checked in one place (`PlanDraft::build`).
 
+use super::access::PlatformUser;
 use super::auth::AuthUser;
 use super::error::{ApiError, Result};
 use super::extract::{Json, Path, RequestId};
@@ -106,11 +107,10 @@ impl From<CreatePlanRequest> for PlanDraft {
               (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`", body = super::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
-    user: AuthUser,
+    PlatformUser(user): PlatformUser,
     request_id: RequestId,
     body: Result<Json<CreatePlanRequest>>,
 ) -> Result<Response> {
-    platform_only(&user)?;
     let Json(body) = body?;
     let def = PlanDraft::from(body).build(None)?;
     let mut tx = state.db.begin().await.map_err(Error::from)?;
@@ -183,12 +183,11 @@ impl From<UpdatePlanRequest> for PlanDraft {
               (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`", body = super::error::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
-    user: AuthUser,
+    PlatformUser(user): PlatformUser,
     request_id: RequestId,
     Path(id): Path<String>,
     body: Result<Json<UpdatePlanRequest>>,
 ) -> Result<Response> {
-    platform_only(&user)?;
     let Json(body) = body?;
     let key = lookup_key(&id)?;
     let mut tx = state.db.begin().await.map_err(Error::from)?;
@@ -208,14 +207,6 @@ pub async fn update(
     record(&mut tx, &user, &request_id, action, Some(&current), &plan).await?;
     tx.commit().await.map_err(Error::from)?;
     Ok(response::ok(plan))
-}
-
-fn platform_only(user: &AuthUser) -> Result<()> {
-    if user.is_platform_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("this action needs the platform_admin role"))
-    }
 }
 
 /// `id` if it can name a plan (a UUID or a slug); anything else names none, without a query.

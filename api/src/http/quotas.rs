@@ -2,9 +2,10 @@
 //! limit changes and usage history. Checks and usage touch Redis only (see
 //! `tenant_domain::quota::engine`).
 
-use super::auth::{Access, AuthUser, ServiceCaller};
+use super::access::{Platform, Read, TenantAccess};
+use super::auth::ServiceCaller;
 use super::error::{ApiError, Result};
-use super::extract::{Json, Path, Query, RequestId};
+use super::extract::{Json, Path, Query};
 use super::idempotency::IdempotencyKey;
 use super::response::{self, Envelope};
 use crate::AppState;
@@ -14,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::{Postgres, Transaction};
 use std::collections::BTreeMap;
+use tenant_domain::db::{self, TenantTx};
 use tenant_domain::quota::engine::{Decision, Mode, Outcome, QuotaError};
 use tenant_domain::quota::{Resource, store, window};
 use tenant_domain::{Error, TenantId};
@@ -163,12 +164,10 @@ pub async fn internal_check(
               (status = 403, description = "`QUOTA_EXCEEDED`, `TENANT_NOT_ACTIVE` or another tenant", body = super::error::ErrorBody)))]
 pub async fn public_check(
     State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
+    access: TenantAccess<Read>,
     Json(body): Json<CheckRequest>,
 ) -> Result<Response> {
-    user.authorize(&state, id, Access::Read, &request_id).await?;
+    let id = access.tenant;
     check(&state, id, body, None).await
 }
 
@@ -238,11 +237,13 @@ pub struct QuotaView {
 }
 
 pub(super) async fn quota_views(state: &AppState, tenant: TenantId) -> Result<Vec<QuotaView>> {
-    let rows = store::limits(&state.db, tenant).await?;
+    let mut tx = db::begin_tenant(&state.db, tenant).await?;
+    let rows = store::limits(&mut tx).await?;
     if rows.is_empty() {
         // Either no such tenant or one not provisioned yet.
-        tenant_domain::tenants::get(&state.db, tenant).await?;
+        tenant_domain::tenants::get(&mut *tx, tenant).await?;
     }
+    tx.commit().await?;
     let now = Utc::now();
     let which: Vec<_> = rows.iter().map(|r| (r.resource_type.clone(), r.period(), now)).collect();
     let used = state
@@ -281,13 +282,8 @@ pub async fn internal_list(
     params(("id" = Uuid, Path, description = "Tenant id")),
     responses((status = 200, description = "Limits with unit, reset period, used, remaining, resetAt", body = inline(Envelope<Vec<QuotaView>>)),
               (status = 403, description = "Another tenant", body = super::error::ErrorBody)))]
-pub async fn list(
-    State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
-) -> Result<Response> {
-    user.authorize(&state, id, Access::Read, &request_id).await?;
+pub async fn list(State(state): State<AppState>, access: TenantAccess<Read>) -> Result<Response> {
+    let id = access.tenant;
     Ok(response::ok(quota_views(&state, id).await?))
 }
 
@@ -306,19 +302,17 @@ pub struct SetLimitsRequest {
               (status = 503, description = "Redis unreachable: nothing changed", body = super::error::ErrorBody)))]
 pub async fn set_limits(
     State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
+    access: TenantAccess<Platform>,
     Json(body): Json<SetLimitsRequest>,
 ) -> Result<Response> {
-    user.authorize(&state, id, Access::Platform, &request_id).await?;
+    let id = access.tenant;
     if body.limits.is_empty() {
         return Err(ApiError::field("limits", "give at least one resource"));
     }
-    tenant_domain::tenants::get(&state.db, id).await?;
-    let mut tx = state.db.begin().await.map_err(Error::from)?;
-    store::set_limits(&mut tx, id, &body.limits, &user.actor(), request_id.0.as_deref()).await?;
-    commit_and_mirror(&state, tx, id).await?;
+    let mut tx = db::begin_tenant(&state.db, id).await?;
+    tenant_domain::tenants::get(&mut *tx, id).await?;
+    store::set_limits(&mut tx, &body.limits, &access.actor(), access.request_id()).await?;
+    commit_and_mirror(&state, tx).await?;
     Ok(response::ok(quota_views(&state, id).await?))
 }
 
@@ -326,9 +320,10 @@ pub async fn set_limits(
 /// The mirrored state is dropped *before* the commit (if Redis can't be reached, nothing
 /// changes: 503), then rewritten from the committed rows; a check in between reloads it from
 /// PostgreSQL. The rollups re-mirror every tenant, should the rewrite fail.
-pub async fn commit_and_mirror(state: &AppState, tx: Transaction<'static, Postgres>, tenant: TenantId) -> Result<()> {
+pub async fn commit_and_mirror(state: &AppState, tx: TenantTx) -> Result<()> {
+    let tenant = tx.tenant();
     state.quota.forget(tenant).await.map_err(|e| ApiError::unavailable("the quota store is unavailable", e))?;
-    tx.commit().await.map_err(Error::from)?;
+    tx.commit().await?;
     mirror_after_commit(state, tenant).await;
     Ok(())
 }
@@ -379,12 +374,10 @@ pub struct UsageReport {
               (status = 400, description = "Bad range or granularity", body = super::error::ErrorBody)))]
 pub async fn usage(
     State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
+    access: TenantAccess<Read>,
     Query(params): Query<UsageParams>,
 ) -> Result<Response> {
-    user.authorize(&state, id, Access::Read, &request_id).await?;
+    let id = access.tenant;
     let to = params.to.unwrap_or_else(Utc::now);
     let from = params.from.unwrap_or(to - chrono::Duration::hours(24));
     if from > to {
@@ -406,8 +399,10 @@ pub async fn usage(
         }
         Some(_) => return Err(ApiError::field("granularity", "hour or day")),
     };
+    let mut tx = access.begin(&state).await?;
     let history: Vec<UsagePoint> =
-        sqlx::query_as(sql).bind(id).bind(from).bind(to).fetch_all(&state.db).await.map_err(Error::from)?;
+        sqlx::query_as(sql).bind(id).bind(from).bind(to).fetch_all(&mut *tx).await.map_err(Error::from)?;
+    tx.commit().await?;
     Ok(response::ok(UsageReport { current: quota_views(&state, id).await?, history }))
 }
 

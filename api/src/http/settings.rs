@@ -1,8 +1,8 @@
 //! The layered configuration: `GET/PUT /api/v1/tenants/{id}/config` and `POST …/config/reset`.
 
-use super::auth::{Access, AuthUser};
+use super::access::{Admin, Read, TenantAccess};
 use super::error::{ApiError, Result};
-use super::extract::{Json, Path, RequestId};
+use super::extract::Json;
 use super::response::{self, Envelope};
 use crate::AppState;
 use axum::extract::State;
@@ -10,9 +10,10 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tenant_domain::db::TenantTx;
 use tenant_domain::tenant_config::schema::{self, CATEGORIES};
 use tenant_domain::tenant_config::store;
-use tenant_domain::{Error, TenantId, db, plans, tenants};
+use tenant_domain::{Error, plans, tenants};
 
 /// The layered configuration (schema for the API description).
 #[derive(utoipa::ToSchema)]
@@ -36,11 +37,12 @@ fn invalid(path: &str, reason: &str) -> ApiError {
         .with_details(json!({ "path": path, "reason": reason }))
 }
 
-/// `{system, plan, tenant}`.
-async fn layered(state: &AppState, id: TenantId) -> Result<Value> {
-    let tenant = tenants::get(&state.db, id).await?;
-    let plan = plans::find(&state.db, &tenant.plan_id.to_string()).await?;
-    let layer = store::read_layer(&state.db, &state.cipher, id).await?;
+/// `{system, plan, tenant}`, read in the tenant's transaction.
+async fn layered(state: &AppState, tx: &mut TenantTx) -> Result<Value> {
+    let id = tx.tenant();
+    let tenant = tenants::get(&mut **tx, id).await?;
+    let plan = plans::find(&mut **tx, &tenant.plan_id.to_string()).await?;
+    let layer = store::read_layer(tx, &state.cipher).await?;
     Ok(json!({
         "system": {
             "version": env!("CARGO_PKG_VERSION"),
@@ -63,14 +65,11 @@ async fn layered(state: &AppState, id: TenantId) -> Result<Value> {
     responses((status = 200, description = "`{system, plan, tenant}`; secrets masked", body = inline(Envelope<LayeredConfig>)),
               (status = 403, description = "Another tenant", body = super::error::ErrorBody),
               (status = 404, description = "No such tenant", body = super::error::ErrorBody)))]
-pub async fn get(
-    State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
-) -> Result<Response> {
-    user.authorize(&state, id, Access::Read, &request_id).await?;
-    Ok(response::ok(layered(&state, id).await?))
+pub async fn get(State(state): State<AppState>, access: TenantAccess<Read>) -> Result<Response> {
+    let mut tx = access.begin(&state).await?;
+    let layered = layered(&state, &mut tx).await?;
+    tx.commit().await?;
+    Ok(response::ok(layered))
 }
 
 #[utoipa::path(put, path = "/api/v1/tenants/{id}/config", tag = "config", security(("bearer" = [])),
@@ -81,26 +80,25 @@ pub async fn get(
               (status = 403, description = "Not an admin of this tenant", body = super::error::ErrorBody)))]
 pub async fn put(
     State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
+    access: TenantAccess<Admin>,
     Json(body): Json<Value>,
 ) -> Result<Response> {
-    user.authorize(&state, id, Access::Admin, &request_id).await?;
+    let id = access.tenant;
     let body = body.get("tenant").cloned().filter(|_| body.as_object().is_some_and(|o| o.len() == 1)).unwrap_or(body);
     let (changes, removals) = schema::parse_changes(&body).map_err(|e| invalid(&e.path, &e.reason))?;
-    let tenant = tenants::get(&state.db, id).await?;
+    let mut tx = access.begin(&state).await?;
+    let tenant = tenants::get_for_update(&mut tx, id).await?;
     if matches!(tenant.status, tenant_domain::TenantStatus::Deleting | tenant_domain::TenantStatus::Deleted) {
         return Err(Error::InvalidState {
             message: format!("a {} tenant cannot be configured", tenant.status.as_str()),
         }
         .into());
     }
-    let mut tx = db::begin_tenant(&state.db, id).await?;
-    store::apply(&mut tx, &state.cipher, id, &changes, &removals, &user.actor(), request_id.0.as_deref()).await?;
-    tx.commit().await.map_err(Error::from)?;
+    store::apply(&mut tx, &state.cipher, &changes, &removals, &access.actor(), access.request_id()).await?;
+    let layered = layered(&state, &mut tx).await?;
+    tx.commit().await?;
     state.contexts.invalidate(id).await;
-    Ok(response::ok(layered(&state, id).await?))
+    Ok(response::ok(layered))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -116,12 +114,10 @@ pub struct ResetRequest {
               (status = 400, description = "`INVALID_CONFIG`: unknown category", body = super::error::ErrorBody)))]
 pub async fn reset(
     State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
+    access: TenantAccess<Admin>,
     body: std::result::Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response> {
-    user.authorize(&state, id, Access::Admin, &request_id).await?;
+    let id = access.tenant;
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "request body exceeds 1 MiB")
@@ -142,10 +138,11 @@ pub async fn reset(
             None => return Err(invalid(c, "unknown category")),
         }
     }
-    tenants::get(&state.db, id).await?;
-    let mut tx = db::begin_tenant(&state.db, id).await?;
-    store::reset(&mut tx, &state.cipher, id, &categories, &user.actor(), request_id.0.as_deref()).await?;
-    tx.commit().await.map_err(Error::from)?;
+    let mut tx = access.begin(&state).await?;
+    tenants::get(&mut *tx, id).await?;
+    store::reset(&mut tx, &state.cipher, &categories, &access.actor(), access.request_id()).await?;
+    let layered = layered(&state, &mut tx).await?;
+    tx.commit().await?;
     state.contexts.invalidate(id).await;
-    Ok(response::ok(layered(&state, id).await?))
+    Ok(response::ok(layered))
 }

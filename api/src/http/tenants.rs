@@ -1,9 +1,10 @@
 //! The synchronous part of the tenant API: list, read, update, and the administrator's
 //! lifecycle moves (suspend / reactivate). Creation and deletion are jobs (see `jobs`).
 
-use super::auth::{Access, AuthUser};
+use super::access::{Admin, Platform, Read, TenantAccess};
+use super::auth::AuthUser;
 use super::error::{ApiError, Result};
-use super::extract::{Json, Path, Query, RequestId};
+use super::extract::{Json, Query};
 use super::response::{self, Envelope, PageMeta};
 use super::validate;
 use crate::AppState;
@@ -14,7 +15,7 @@ use serde_json::Value;
 use std::time::Instant;
 use tenant_domain::quota::store::{self as quota_store, LimitRow};
 use tenant_domain::tenants::{self, ChangeContext, ListFilter, Tenant, TenantUpdate};
-use tenant_domain::{PlanId, TenantId, TenantStatus, plans};
+use tenant_domain::{PlanId, TenantStatus, plans};
 use uuid::Uuid;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -85,19 +86,16 @@ pub struct PlanSummary {
     responses((status = 200, description = "The tenant", body = inline(Envelope<TenantDetail>)),
               (status = 403, description = "Not this token's tenant", body = super::error::ErrorBody),
               (status = 404, description = "No such tenant", body = super::error::ErrorBody)))]
-pub async fn get(
-    State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
-) -> Result<Response> {
-    user.authorize(&state, id, Access::Read, &request_id).await?;
-    Ok(response::ok(detail(&state, tenants::get(&state.db, id).await?).await?))
+pub async fn get(State(state): State<AppState>, access: TenantAccess<Read>) -> Result<Response> {
+    let mut tx = access.begin(&state).await?;
+    let tenant = tenants::get(&mut *tx, access.tenant).await?;
+    let quotas = quota_store::limits(&mut tx).await?;
+    tx.commit().await?;
+    Ok(response::ok(detail(&state, tenant, quotas).await?))
 }
 
-async fn detail(state: &AppState, tenant: Tenant) -> Result<TenantDetail> {
+async fn detail(state: &AppState, tenant: Tenant, quotas: Vec<LimitRow>) -> Result<TenantDetail> {
     let plan = plans::find(&state.db, &tenant.plan_id.to_string()).await?;
-    let quotas = quota_store::limits(&state.db, tenant.id).await?;
     let mut effective = plan.features.clone();
     if let (Some(eff), Some(overrides)) = (effective.as_object_mut(), tenant.features.as_object()) {
         for (flag, value) in overrides {
@@ -141,13 +139,11 @@ pub struct UpdateTenantRequest {
               (status = 409, description = "Deleting/deleted tenant, or domain taken", body = super::error::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
+    access: TenantAccess<Admin>,
     Json(body): Json<UpdateTenantRequest>,
 ) -> Result<Response> {
-    user.authorize(&state, id, Access::Admin, &request_id).await?;
-    if body.owner_id.is_some() && !user.is_platform_admin() {
+    let id = access.tenant;
+    if body.owner_id.is_some() && !access.user.is_platform_admin() {
         return Err(ApiError::forbidden("only a platform admin may change the owner"));
     }
     let change = TenantUpdate {
@@ -157,14 +153,15 @@ pub async fn update(
         owner_id: body.owner_id,
     };
     let started = Instant::now();
+    let mut tx = access.begin(&state).await?;
     if let Some(slug) = &body.slug {
-        let current = tenants::get(&state.db, id).await?;
+        let current = tenants::get(&mut *tx, id).await?;
         if *slug != current.slug {
             return Err(ApiError::field("slug", "is immutable"));
         }
     }
-    let ctx = ChangeContext { actor: user.actor(), request_id: request_id.0 };
-    let result = tenants::update(&state.db, id, &change, &ctx).await;
+    let ctx = ChangeContext { actor: access.actor(), request_id: access.request_id.0 };
+    let result = tenants::update(tx, &change, &ctx).await;
     state.metrics.operation("update", result.is_ok(), started);
     let tenant = result?;
     state.contexts.invalidate(id).await;
@@ -189,23 +186,21 @@ pub struct StatusChangeRequest {
               (status = 409, description = "`INVALID_STATE`: the lifecycle does not allow this move", body = super::error::ErrorBody)))]
 pub async fn set_status(
     State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    Path(id): Path<TenantId>,
+    access: TenantAccess<Platform>,
     Json(body): Json<StatusChangeRequest>,
 ) -> Result<Response> {
-    user.authorize(&state, id, Access::Platform, &request_id).await?;
+    let id = access.tenant;
     let reason = body.reason.as_deref().map(str::trim).filter(|r| !r.is_empty());
     if reason.is_some_and(|r| r.chars().count() > 500) {
         return Err(ApiError::field("reason", "at most 500 characters"));
     }
     let started = Instant::now();
-    let ctx = ChangeContext { actor: user.actor(), request_id: request_id.0 };
+    let ctx = ChangeContext { actor: access.actor(), request_id: access.request_id.0.clone() };
     let result = async {
-        let mut tx = state.db.begin().await.map_err(tenant_domain::Error::from)?;
+        let mut tx = access.begin(&state).await?;
         let tenant = tenants::set_status(&mut tx, id, body.status, reason, &ctx).await?;
         // Quota checks must see the new status at once.
-        super::quotas::commit_and_mirror(&state, tx, id).await?;
+        super::quotas::commit_and_mirror(&state, tx).await?;
         Ok::<_, ApiError>(tenant)
     }
     .await;

@@ -31,8 +31,9 @@
 
 use super::EVENTS;
 use crate::audit::Actor;
+use crate::db::TenantTx;
 use crate::tenants::{self, ChangeContext};
-use crate::{Result, TenantId, TenantStatus, db, events};
+use crate::{Result, TenantId, TenantStatus, events};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgConnection;
@@ -235,10 +236,20 @@ impl Outcome {
     }
 }
 
-/// Applies `event` in `tx`, a transaction begun on the owner pool: records its id, finds the
-/// account by customer, then narrows the transaction to that tenant for every other write.
-pub async fn apply(tx: &mut PgConnection, event: &StripeEvent, request_id: Option<&str>) -> Result<Outcome> {
-    let mut outcome = Outcome { duplicate: false, applied: false, reactivated: None, label: event.metric_label() };
+/// Where an event goes, decided on the platform pool: its id recorded (each event applies at
+/// most once) and the tenant found by the event's Stripe customer.
+pub enum Route {
+    /// Seen before: nothing to do.
+    Duplicate,
+    /// Not about an account of ours (or about no customer at all).
+    Unrouted,
+    Tenant(TenantId),
+}
+
+/// Records `event`'s id in `tx` (a platform transaction) and finds the tenant it concerns. The
+/// caller narrows the same transaction to that tenant ([`crate::db::TenantTx::enter`]) and
+/// [`apply`]s the event there, so the id and the change commit together.
+pub async fn route(tx: &mut PgConnection, event: &StripeEvent) -> Result<Route> {
     let recorded = sqlx::query(
         "insert into stripe_events (id, event_type, created) values ($1, $2, $3) on conflict (id) do nothing",
     )
@@ -249,10 +260,9 @@ pub async fn apply(tx: &mut PgConnection, event: &StripeEvent, request_id: Optio
     .await?
     .rows_affected();
     if recorded == 0 {
-        outcome.duplicate = true;
-        return Ok(outcome);
+        return Ok(Route::Duplicate);
     }
-    let Some(customer) = event.customer() else { return Ok(outcome) };
+    let Some(customer) = event.customer() else { return Ok(Route::Unrouted) };
     let tenant: Option<TenantId> = sqlx::query_scalar(
         "select tenant_id from billing_accounts where provider = 'stripe' and customer_ref = $1 \
          order by created_at desc limit 1",
@@ -260,8 +270,21 @@ pub async fn apply(tx: &mut PgConnection, event: &StripeEvent, request_id: Optio
     .bind(customer)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(tenant) = tenant else { return Ok(outcome) };
-    db::enter_tenant(tx, tenant).await?;
+    Ok(tenant.map_or(Route::Unrouted, Route::Tenant))
+}
+
+impl Outcome {
+    /// The outcome of an event that was not applied (a duplicate, or not routed to a tenant).
+    pub fn skipped(event: &StripeEvent, duplicate: bool) -> Self {
+        Outcome { duplicate, applied: false, reactivated: None, label: event.metric_label() }
+    }
+}
+
+/// Applies a routed `event` to the tenant of `tx`.
+pub async fn apply(tx: &mut TenantTx, event: &StripeEvent, request_id: Option<&str>) -> Result<Outcome> {
+    let mut outcome = Outcome::skipped(event, false);
+    let tenant = tx.tenant();
+    let tx: &mut PgConnection = tx;
 
     let account = AccountRow::load(tx, tenant).await?;
     let standing = account.standing()?;

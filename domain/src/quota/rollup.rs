@@ -63,7 +63,8 @@ pub async fn run(db: &PgPool, engine: &QuotaEngine, now: DateTime<Utc>) -> Resul
         }
         let which: Vec<_> = snapshots.iter().map(|s| (s.resource.clone(), s.period, s.at)).collect();
         let used = engine.usage(tenant, &which).await?;
-        let mut tx = db.begin().await.map_err(crate::Error::from)?;
+        // Each tenant's rows are written as that tenant.
+        let mut tx = crate::db::begin_tenant(db, tenant).await?;
         for (Snapshot { resource, period, at, bucket, current }, used) in snapshots.iter().zip(used) {
             let window_start = window(*period, *at).map(|w| w.start);
             if *current {
@@ -98,7 +99,7 @@ pub async fn run(db: &PgPool, engine: &QuotaEngine, now: DateTime<Utc>) -> Resul
             .map_err(crate::Error::from)?;
             report.rows += 1;
         }
-        tx.commit().await.map_err(crate::Error::from)?;
+        tx.commit().await?;
     }
     Ok(report)
 }

@@ -4,8 +4,9 @@
 
 use super::{Period, Resource};
 use crate::audit::{self, Actor};
+use crate::db::{self, TenantTx};
 use crate::plans::Plan;
-use crate::{Error, Result, TenantId, db, events};
+use crate::{Error, Result, TenantId, events};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
@@ -56,27 +57,26 @@ impl LimitRow {
 }
 
 /// The tenant's limit rows, read under row-level security as the tenant.
-pub async fn limits(pool: &PgPool, tenant: TenantId) -> Result<Vec<LimitRow>> {
-    let mut tx = db::begin_tenant(pool, tenant).await?;
-    let rows = sqlx::query_as(
+pub async fn limits(tx: &mut TenantTx) -> Result<Vec<LimitRow>> {
+    Ok(sqlx::query_as(
         "select resource_type, limit_value, used_value, unit, reset_period::text as reset_period, last_reset_at \
-         from tenant_quotas order by resource_type",
+         from tenant_quotas where tenant_id = $1 order by resource_type",
     )
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(rows)
+    .bind(tx.tenant())
+    .fetch_all(&mut **tx)
+    .await?)
 }
 
 /// Sets new limits (in the caller's transaction), audited with old and new values and
 /// published as `tenant.quotas.updated`. Unknown resources and negative limits are refused.
 pub async fn set_limits(
-    tx: &mut PgConnection,
-    tenant: TenantId,
+    tx: &mut TenantTx,
     limits: &BTreeMap<String, i64>,
     actor: &Actor,
     request_id: Option<&str>,
 ) -> Result<()> {
+    let tenant = tx.tenant();
+    let tx: &mut PgConnection = tx;
     let mut old = serde_json::Map::new();
     for (resource, limit) in limits {
         if Resource::parse(resource).is_none() {

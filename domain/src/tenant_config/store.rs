@@ -4,7 +4,8 @@
 use super::schema::{self, CATEGORIES, Change, Removal};
 use super::secrets::{ConfigCipher, mask};
 use crate::audit::{self, Actor};
-use crate::{Result, TenantId, db, events};
+use crate::db::{self, TenantTx};
+use crate::{Result, TenantId, events};
 use serde_json::{Map, Value, json};
 use sqlx::{PgConnection, PgPool};
 
@@ -51,11 +52,9 @@ pub async fn delete_all(pool: &PgPool, tenant: TenantId) -> Result<u64> {
 }
 
 /// Reads the tenant layer — defaults overlaid with the stored rows — with secrets masked.
-pub async fn read_layer(pool: &PgPool, cipher: &ConfigCipher, tenant: TenantId) -> Result<Value> {
-    let mut tx = db::begin_tenant(pool, tenant).await?;
-    let layer = read_layer_in(&mut tx, cipher, tenant).await?;
-    tx.commit().await?;
-    Ok(layer)
+pub async fn read_layer(tx: &mut TenantTx, cipher: &ConfigCipher) -> Result<Value> {
+    let tenant = tx.tenant();
+    read_layer_in(tx, cipher, tenant).await
 }
 
 async fn rows(conn: &mut PgConnection) -> Result<Vec<(String, String, Value, bool)>> {
@@ -80,7 +79,7 @@ fn shown(cipher: &ConfigCipher, tenant: TenantId, category: &str, key: &str, val
     }
 }
 
-pub async fn read_layer_in(conn: &mut PgConnection, cipher: &ConfigCipher, tenant: TenantId) -> Result<Value> {
+async fn read_layer_in(conn: &mut PgConnection, cipher: &ConfigCipher, tenant: TenantId) -> Result<Value> {
     let mut layer = Map::new();
     for category in CATEGORIES {
         let defaults: Map<String, Value> =
@@ -113,14 +112,15 @@ fn record(path: String, old: Value, new: Value) -> Value {
 /// Applies validated changes in the caller's tenant transaction; audits and publishes them
 /// (masked). Returns the recorded changes (empty if nothing changed).
 pub async fn apply(
-    conn: &mut PgConnection,
+    tx: &mut TenantTx,
     cipher: &ConfigCipher,
-    tenant: TenantId,
     changes: &[Change],
     removals: &[Removal],
     actor: &Actor,
     request_id: Option<&str>,
 ) -> Result<Vec<Value>> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     let mut recorded = Vec::new();
     for change in changes {
         let secret = schema::is_secret(change.category, &change.key);
@@ -192,13 +192,14 @@ pub async fn apply(
 /// Restores the defaults of `categories` (all four when empty), in the caller's tenant
 /// transaction.
 pub async fn reset(
-    conn: &mut PgConnection,
+    tx: &mut TenantTx,
     cipher: &ConfigCipher,
-    tenant: TenantId,
     categories: &[&str],
     actor: &Actor,
     request_id: Option<&str>,
 ) -> Result<Vec<Value>> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     let categories: Vec<&str> = if categories.is_empty() { CATEGORIES.to_vec() } else { categories.to_vec() };
     let before = read_layer_in(conn, cipher, tenant).await?;
     sqlx::query("delete from tenant_configs where category = any($1)")
