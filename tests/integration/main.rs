@@ -7,6 +7,7 @@ mod billing_webhooks;
 mod envelope;
 mod events;
 mod faults;
+mod isolation;
 mod lifecycle;
 mod logs;
 mod monitoring;
