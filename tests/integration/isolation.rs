@@ -8,7 +8,8 @@
 //! * [`routes`] reads the attack surface from the OpenAPI document the API serves (and checks it
 //!   against the router's source): a route added later is attacked without editing this suite.
 //!   Each operation's expected refusal follows from the document: 401 on service-token routes,
-//!   403 `FORBIDDEN` on platform-only ones, 403 `CROSS_TENANT_ACCESS_DENIED` on the rest.
+//!   403 `CROSS_TENANT_ACCESS_DENIED` on every route naming B (platform-only ones too), 403
+//!   `FORBIDDEN` on the platform-only routes naming no tenant.
 //! * [`probe`] sends each attack and judges the answer: status and code, and none of B's ids,
 //!   slug, name, domain, owner, job, invoice or backup ids anywhere in headers or body.
 //! * [`snapshot`] proves the rest: B (API reads and database rows) is unchanged afterwards, and
@@ -72,8 +73,8 @@ async fn every_route_that_names_a_tenant_is_in_the_openapi_document() {
     assert_eq!(expect("PUT /api/v1/tenants/{id}/config"), CROSS_TENANT);
     assert_eq!(expect("GET /api/v1/jobs/{id}"), CROSS_TENANT);
     assert_eq!(expect("GET /api/v1/tenants/{id}/invoices/{invoice_id}"), CROSS_TENANT);
-    assert_eq!(expect("DELETE /api/v1/tenants/{id}"), FORBIDDEN);
-    assert_eq!(expect("PATCH /api/v1/tenants/{id}/status"), FORBIDDEN);
+    assert_eq!(expect("DELETE /api/v1/tenants/{id}"), CROSS_TENANT);
+    assert_eq!(expect("PATCH /api/v1/tenants/{id}/status"), CROSS_TENANT);
     assert_eq!(expect("POST /api/v1/plans"), FORBIDDEN);
     assert_eq!(expect("POST /internal/tenants/{id}/quota-check"), UNAUTHORIZED);
     assert_eq!(expect("GET /api/v1/plans"), Expect::Served);
@@ -163,6 +164,19 @@ async fn by_slug(world: &World, op: &Operation, user: &User, body: Body<'_>, wha
     let control = send(&world.app, op.method.clone(), &path(&unknown), &user.token, body, None).await;
     let echoed = reply.text.replace(&world.b.slug, "<slug>");
     ledger.check(reply.status.is_client_error(), || format!("{what}: got {}, expected a refusal", reply.summary()));
+    // On a bearer route naming a tenant, both are cross-tenant attempts: counted and audited (the
+    // unknown slug without a tenant).
+    if op.names_tenant() && matches!(op.auth, Auth::Bearer) {
+        let counted = ledger.count(&reply) & ledger.count(&control);
+        ledger.check(counted, || {
+            format!(
+                "{what}: got {} (unknown slug {}), expected 403 CROSS_TENANT_ACCESS_DENIED",
+                reply.summary(),
+                control.summary()
+            )
+        });
+        ledger.anonymous_denials += 1;
+    }
     ledger.check(reply.status == control.status && echoed == control.text.replace(&unknown, "<slug>"), || {
         format!(
             "{what}: answered {} `{}`, an unknown slug {} `{}`",

@@ -112,6 +112,21 @@ impl<N: Need> FromRequestParts<AppState> for TenantAccess<N> {
     }
 }
 
+/// The gate for a layer that acts before the handler (the idempotency layer, which may replay a
+/// stored answer or refuse a reused key): a request naming a tenant its caller may not read is
+/// refused — counted and audited — exactly as the handler's extractor would refuse it. The
+/// handler still checks its own level.
+pub async fn precheck(parts: &mut Parts, state: &AppState) -> Result<()> {
+    let names_tenant = parts
+        .extensions
+        .get::<axum::extract::MatchedPath>()
+        .is_some_and(|p| p.as_str().starts_with("/api/v1/tenants/{id}"));
+    if names_tenant {
+        TenantAccess::<Read>::from_request_parts(parts, state).await?;
+    }
+    Ok(())
+}
+
 /// A caller allowed to read a job: platform staff, or a member of the job's tenant.
 pub struct JobAccess {
     pub job: Job,
@@ -181,14 +196,16 @@ async fn check(
     if user.is_platform_admin() {
         return Ok(());
     }
-    if access == Access::Platform {
-        return Err(ApiError::forbidden("this action needs the platform_admin role"));
-    }
     let Some(own) = user.tenant else {
         return Err(ApiError::forbidden("the token names no tenant"));
     };
+    // Naming another tenant is a cross-tenant attempt whatever the action, platform-only ones
+    // included: counted and audited before the role is even looked at.
     if own != tenant {
         return Err(deny_cross_tenant(state, user, Some(tenant), request_id).await);
+    }
+    if access == Access::Platform {
+        return Err(ApiError::forbidden("this action needs the platform_admin role"));
     }
     let allowed = match access {
         Access::Admin => user.roles.contains(&Role::TenantAdmin),

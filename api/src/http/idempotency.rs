@@ -209,9 +209,12 @@ async fn run_idempotently(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Result<Response, Response> {
+    // The gate first: nothing is replayed or refused as a reused key for a tenant the caller
+    // may not touch.
+    let (mut parts, body) = request.into_parts();
+    super::access::precheck(&mut parts, state).await.map_err(IntoResponse::into_response)?;
     let key = parse_key(&key).map_err(IntoResponse::into_response)?;
-    // The caller: the token's tenant and subject (an invalid token is left to the handler's 401).
-    let (parts, body) = request.into_parts();
+    // The caller: the token's tenant and subject.
     let scope = match super::auth::authenticate(&parts, state) {
         Ok(user) => user.idempotency_scope(),
         Err(err) => return Err(err.into_response()),

@@ -73,16 +73,25 @@ pub struct Ledger {
     failures: Vec<String>,
     /// Answers with 403 `CROSS_TENANT_ACCESS_DENIED`.
     pub denials: u64,
+    /// Of those, the ones naming no existing tenant (an unknown slug): audited without a tenant.
+    pub anonymous_denials: u64,
     pub probes: u64,
 }
 
 impl Ledger {
+    /// Counts `reply` if it is a cross-tenant denial; whether it was.
+    pub fn count(&mut self, reply: &Reply) -> bool {
+        let denied = reply.status == StatusCode::FORBIDDEN && reply.code() == "CROSS_TENANT_ACCESS_DENIED";
+        if denied {
+            self.denials += 1;
+        }
+        denied
+    }
+
     /// Judges one answer: its status and code, and that nothing of `secrets` is in it.
     pub fn judge(&mut self, what: &str, reply: &Reply, expect: Expect, secrets: &[String]) {
         self.probes += 1;
-        if reply.status == StatusCode::FORBIDDEN && reply.code() == "CROSS_TENANT_ACCESS_DENIED" {
-            self.denials += 1;
-        }
+        self.count(reply);
         let met = match expect {
             Expect::Refused(status, code) => reply.status == status && reply.code() == code,
             Expect::Served => reply.status.is_success(),

@@ -79,14 +79,15 @@ impl Operation {
     }
 
     /// The answer a tenant user of another tenant must get: the service token's 401 on internal
-    /// routes, 403 `FORBIDDEN` on platform-only ones, 403 `CROSS_TENANT_ACCESS_DENIED` on any other
-    /// route naming a tenant; routes naming none are served.
+    /// routes, 403 `CROSS_TENANT_ACCESS_DENIED` on any route naming a tenant (platform-only ones
+    /// included: naming another tenant is what is refused first), 403 `FORBIDDEN` on the other
+    /// platform-only ones; routes naming none are served.
     pub fn expect_for_other_tenant(&self) -> Expect {
         match self.auth {
             Auth::Public => Expect::Anything,
             Auth::ServiceToken => UNAUTHORIZED,
-            Auth::Bearer if self.platform_only => FORBIDDEN,
             Auth::Bearer if self.names_tenant() => CROSS_TENANT,
+            Auth::Bearer if self.platform_only => FORBIDDEN,
             Auth::Bearer => Expect::Served,
         }
     }

@@ -124,8 +124,13 @@ impl Denials {
             format!("{denied} cross-tenant denials answered, {} audited as access.cross_tenant_denied", audited.len())
         });
         let victims = [world.b.id.as_str(), world.archived.id.as_str()];
+        let anonymous = audited.iter().filter(|(tenant, _, _)| tenant.is_none()).count() as u64;
+        let expected = ledger.anonymous_denials;
+        ledger.check(anonymous == expected, || {
+            format!("{expected} denials of unknown slugs, {anonymous} audited without a tenant")
+        });
         for (tenant, actor, new_value) in audited {
-            let tenant = tenant.map(|t| t.to_string()).unwrap_or_default();
+            let Some(tenant) = tenant.map(|t| t.to_string()) else { continue };
             let token_tenant = new_value.map(|v| v["tokenTenantId"].clone()).unwrap_or_default();
             let right = victims.contains(&tenant.as_str())
                 && attackers.contains(&actor.as_str())
