@@ -212,9 +212,9 @@ async fn run_idempotently(
     let key = parse_key(&key).map_err(IntoResponse::into_response)?;
     // The caller: the token's subject (an invalid token is left to the handler's 401).
     let (parts, body) = request.into_parts();
-    let scope = match super::auth::authenticate(&parts, state) {
-        Ok(user) => user.user_id,
-        Err(err) => return Err(err.into_response()),
+    let scope = match parts.extensions.get::<super::auth::AuthUser>() {
+        Some(user) => user.user_id.clone(),
+        None => super::auth::authenticate(&parts, state).await.map_err(IntoResponse::into_response)?.user_id,
     };
     let bytes = axum::body::to_bytes(body, state.config.body_limit_bytes).await.map_err(|_| {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "request body exceeds 1 MiB").into_response()
