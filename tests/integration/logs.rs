@@ -11,7 +11,13 @@ use tokio::process::{Child, Command};
 const API: &str = env!("CARGO_BIN_EXE_api-under-test");
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 
-fn spawn_logged(app: &TestApp, exe: &str, args: &[&str], extra: &[(&str, String)], log: &std::path::Path) -> Child {
+pub(crate) fn spawn_logged(
+    app: &TestApp,
+    exe: &str,
+    args: &[&str],
+    extra: &[(&str, String)],
+    log: &std::path::Path,
+) -> Child {
     let file = std::fs::File::create(log).expect("log file");
     Command::new(exe)
         .args(args)
@@ -29,8 +35,32 @@ fn spawn_logged(app: &TestApp, exe: &str, args: &[&str], extra: &[(&str, String)
         .expect("process starts")
 }
 
+/// A real API process for `app` (its environment plus `extra`), logging JSON to `log`; answers
+/// the process and its base URL once it answers `/livez`.
+pub(crate) async fn start_api_process(
+    app: &TestApp,
+    extra: &[(&str, String)],
+    log: &std::path::Path,
+) -> (Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let mut env = vec![("SERVICE_HOST", "127.0.0.1".to_owned()), ("SERVICE_PORT", port.to_string())];
+    env.extend(extra.iter().cloned());
+    let api = spawn_logged(app, API, &["serve"], &env, log);
+    let base = format!("http://127.0.0.1:{port}");
+    let until = Instant::now() + Duration::from_secs(20);
+    while app.client.get(format!("{base}/livez")).send().await.is_err() {
+        assert!(
+            Instant::now() < until,
+            "API process did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    (api, base)
+}
+
 /// The log's JSON lines that mention `needle` anywhere.
-fn lines_with(log: &std::path::Path, needle: &str) -> Vec<Value> {
+pub(crate) fn lines_with(log: &std::path::Path, needle: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines()
         .filter(|l| l.contains(needle))
@@ -43,16 +73,8 @@ async fn one_provisioning_is_followed_by_its_job_id_across_api_and_worker_logs()
     let app = TestApp::spawn().await;
     let dir = std::path::PathBuf::from(tenant_tests::scratch_dir("logs"));
     let (api_log, worker_log) = (dir.join("api.log"), dir.join("worker.log"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let hosting = [("SERVICE_HOST", "127.0.0.1".to_owned()), ("SERVICE_PORT", port.to_string())];
-    let _api = spawn_logged(&app, API, &["serve"], &hosting, &api_log);
+    let (_api, base) = start_api_process(&app, &[], &api_log).await;
     let _worker = spawn_logged(&app, WORKER, &[], &[], &worker_log);
-    let base = format!("http://127.0.0.1:{port}");
-    let until = Instant::now() + Duration::from_secs(20);
-    while app.client.get(format!("{base}/livez")).send().await.is_err() {
-        assert!(Instant::now() < until, "API process did not start");
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
     let res = app
         .client
         .post(format!("{base}/api/v1/tenants"))

@@ -18,3 +18,4 @@ mod retention;
 mod rls;
 mod settings;
 mod tenants;
+mod tokens;
