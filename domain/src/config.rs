@@ -2,6 +2,10 @@
 //! validated: a bad value fails start with one line naming the variable. Secret values are kept
 //! in [`Secret`] so `Debug` can't print them, and are never echoed in an error.
 
+mod auth;
+
+pub use auth::{DEFAULT_SERVICE_NAME, JwksSettings, JwtSettings, PublicKey, ServiceToken};
+
 use crate::secret::Secret;
 use std::fmt;
 use std::str::FromStr;
@@ -28,8 +32,12 @@ pub struct Config {
     pub redis_key_prefix: String,
     pub redis_response_timeout: Duration,
     pub tenant_config_ttl: Duration,
+    /// The HS256 secret: signs dev tokens, and verifies tokens unless `JWT_HS256_ENABLED=false`.
     pub jwt_secret: Secret<String>,
-    pub service_tokens: Vec<Secret<String>>,
+    /// Public keys, JWKS, issuer and audience of bearer tokens.
+    pub jwt: JwtSettings,
+    /// The tokens accepted in `X-Service-Token`, each with the name of the service it identifies.
+    pub service_tokens: Vec<ServiceToken>,
     pub log_format: LogFormat,
     pub migrate_on_start: bool,
     pub prometheus_enabled: bool,
@@ -219,25 +227,12 @@ impl Config {
     /// process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(&lookup);
-        let service_tokens: Vec<Secret<String>> = env
-            .get("SERVICE_TOKENS")
-            .or_else(|| env.get("SERVICE_TOKEN"))
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(|t| Secret::new(t.to_owned()))
-            .collect();
-        if service_tokens.is_empty() {
-            return Err(ConfigError::new("SERVICE_TOKENS", "required: one or more comma-separated service tokens"));
-        }
-        if service_tokens.iter().any(|t| t.expose().len() < 16) {
-            return Err(ConfigError::new("SERVICE_TOKENS", "each token must be at least 16 characters"));
-        }
+        let service_tokens = auth::service_tokens(&env)?;
         let jwt_secret = env.required_secret("JWT_SECRET")?;
         if jwt_secret.expose().len() < 32 {
             return Err(ConfigError::new("JWT_SECRET", "must be at least 32 characters"));
         }
+        let jwt = auth::jwt_settings(&env)?;
         let db_pool_size: u32 = env.parse_in("TENANT_DB_POOL_SIZE", 20, 1..=1000)?;
         let db_max: u32 = env.parse_in("TENANT_DB_MAX_CONNECTIONS", 50, 1..=10_000)?;
         if db_pool_size > db_max {
@@ -267,7 +262,7 @@ impl Config {
             return Err(ConfigError::new("USAGE_CALCULATION_TIMEZONE", format!("only UTC is supported, got {tz:?}")));
         }
         let outbound_token =
-            env.get("OUTBOUND_SERVICE_TOKEN").map(Secret::new).unwrap_or_else(|| service_tokens[0].clone());
+            env.get("OUTBOUND_SERVICE_TOKEN").map(Secret::new).unwrap_or_else(|| service_tokens[0].token.clone());
         Ok(Config {
             service_name: env.get("SERVICE_NAME").unwrap_or_else(|| "tenant-management-service".into()),
             environment: env.get("APP_ENV").or_else(|| env.get("NODE_ENV")).unwrap_or_else(|| "development".into()),
@@ -285,6 +280,7 @@ impl Config {
             )?),
             tenant_config_ttl: Duration::from_secs(env.parse_in("REDIS_TENANT_CONFIG_TTL", 1800, 1..=31_536_000)?),
             jwt_secret,
+            jwt,
             service_tokens,
             log_format,
             migrate_on_start: env.parse_bool("MIGRATE_ON_START", true)?,
@@ -536,7 +532,8 @@ mod tests {
         let c = load(&base()).expect("valid");
         assert_eq!(c.port, 3004);
         assert_eq!(c.service_tokens.len(), 2);
-        assert_eq!(c.service_tokens[1].expose(), "token-two-0123456789");
+        assert_eq!(c.service_tokens[1].token.expose(), "token-two-0123456789");
+        assert_eq!(c.service_tokens[1].name, DEFAULT_SERVICE_NAME);
         assert_eq!(c.tenant_config_ttl, Duration::from_secs(1800));
         assert_eq!(c.log_format, LogFormat::Pretty);
         assert!(c.migrate_on_start);

@@ -11,7 +11,13 @@ use tokio::process::{Child, Command};
 const API: &str = env!("CARGO_BIN_EXE_api-under-test");
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 
-fn spawn_logged(app: &TestApp, exe: &str, args: &[&str], extra: &[(&str, String)], log: &std::path::Path) -> Child {
+pub(crate) fn spawn_logged(
+    app: &TestApp,
+    exe: &str,
+    args: &[&str],
+    extra: &[(&str, String)],
+    log: &std::path::Path,
+) -> Child {
     let file = std::fs::File::create(log).expect("log file");
     Command::new(exe)
         .args(args)
@@ -29,8 +35,32 @@ fn spawn_logged(app: &TestApp, exe: &str, args: &[&str], extra: &[(&str, String)
         .expect("process starts")
 }
 
+/// A real API process for `app` (its environment plus `extra`), logging JSON to `log`; answers
+/// the process and its base URL once it answers `/livez`.
+pub(crate) async fn start_api_process(
+    app: &TestApp,
+    extra: &[(&str, String)],
+    log: &std::path::Path,
+) -> (Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let mut env = vec![("SERVICE_HOST", "127.0.0.1".to_owned()), ("SERVICE_PORT", port.to_string())];
+    env.extend(extra.iter().cloned());
+    let api = spawn_logged(app, API, &["serve"], &env, log);
+    let base = format!("http://127.0.0.1:{port}");
+    let until = Instant::now() + Duration::from_secs(20);
+    while app.client.get(format!("{base}/livez")).send().await.is_err() {
+        assert!(
+            Instant::now() < until,
+            "API process did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    (api, base)
+}
+
 /// The log's JSON lines that mention `needle` anywhere.
-fn lines_with(log: &std::path::Path, needle: &str) -> Vec<Value> {
+pub(crate) fn lines_with(log: &std::path::Path, needle: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines()
         .filter(|l| l.contains(needle))
@@ -43,16 +73,8 @@ async fn one_provisioning_is_followed_by_its_job_id_across_api_and_worker_logs()
     let app = TestApp::spawn().await;
     let dir = std::path::PathBuf::from(tenant_tests::scratch_dir("logs"));
     let (api_log, worker_log) = (dir.join("api.log"), dir.join("worker.log"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let hosting = [("SERVICE_HOST", "127.0.0.1".to_owned()), ("SERVICE_PORT", port.to_string())];
-    let _api = spawn_logged(&app, API, &["serve"], &hosting, &api_log);
+    let (_api, base) = start_api_process(&app, &[], &api_log).await;
     let _worker = spawn_logged(&app, WORKER, &[], &[], &worker_log);
-    let base = format!("http://127.0.0.1:{port}");
-    let until = Instant::now() + Duration::from_secs(20);
-    while app.client.get(format!("{base}/livez")).send().await.is_err() {
-        assert!(Instant::now() < until, "API process did not start");
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
     let res = app
         .client
         .post(format!("{base}/api/v1/tenants"))
@@ -119,4 +141,108 @@ async fn one_provisioning_is_followed_by_its_job_id_across_api_and_worker_logs()
     assert_eq!(steps("step started"), all, "{worker_lines:?}");
     assert_eq!(steps("step succeeded"), all);
     assert!(worker_lines.iter().any(|l| l["message"] == json!("job succeeded")));
+}
+
+/// Secrets never reach a log line, even at `debug`: a service token, JWTs (good and forged), the
+/// JWT secret, a Stripe key, the encryption keys and a secret tenant configuration value, each
+/// carried by requests to a real API process and used by a real worker process.
+#[tokio::test]
+async fn no_secret_reaches_the_api_or_worker_log_even_at_debug() {
+    let random = || uuid::Uuid::new_v4().simple().to_string();
+    let service_token = format!("svc-{}", random());
+    let stripe_key = format!("sk_test_{}", random());
+    let config_secret = format!("cfg-secret-{}", random());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    // Events go to an audit peer, so the worker sends the service token too.
+    let audit = tenant_tests::http_peer::HttpPeer::start(vec![200]).await.expect("audit peer");
+    let app = TestApp::spawn_with(|env| {
+        env.insert("SERVICE_TOKENS".into(), format!("billing:{service_token}"));
+        env.insert("STRIPE_SECRET_KEY".into(), stripe_key.clone());
+        env.insert("STRIPE_API_BASE".into(), format!("http://127.0.0.1:{closed}"));
+        env.insert("AUDIT_SERVICE_URL".into(), audit.url("/audit"));
+        env.insert("JOB_MAX_ATTEMPTS".into(), "2".into());
+    })
+    .await;
+    let dir = std::path::PathBuf::from(tenant_tests::scratch_dir("logs"));
+    let (api_log, worker_log) = (dir.join("api.log"), dir.join("worker.log"));
+    let debug = [("RUST_LOG", "debug".to_owned())];
+    let (_api, base) = start_api_process(&app, &debug, &api_log).await;
+    let _worker = spawn_logged(&app, WORKER, &[], &debug, &worker_log);
+    let client = &app.client;
+    let jwt = app.admin_token();
+    let forged = format!("{}{}", &jwt[..jwt.len() - 4], if jwt.ends_with("AAAA") { "BBBB" } else { "AAAA" });
+    let wrong_service_token = format!("wrong-{}", random());
+
+    // A secret configuration value, set through the API.
+    let t = app.insert_tenant("Quiet", "quiet", "pro", tenant_domain::TenantStatus::Active).await;
+    app.insert_quotas_from_plan(&t).await;
+    let res = client
+        .put(format!("{base}/api/v1/tenants/{}/config", t.id))
+        .bearer_auth(&jwt)
+        .json(&json!({ "integrations": { "slack": { "enabled": true, "apiKey": config_secret } } }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), reqwest::StatusCode::OK, "{}", res.text().await.unwrap_or_default());
+    // Service calls, one with a wrong token; a forged JWT; a provisioning whose Stripe calls fail.
+    let internal = |token: &str| {
+        client.get(format!("{base}/internal/tenants/{}/context", t.id)).header("x-service-token", token).send()
+    };
+    assert_eq!(internal(&service_token).await.expect("sent").status(), reqwest::StatusCode::OK);
+    assert_eq!(internal(&wrong_service_token).await.expect("sent").status(), reqwest::StatusCode::UNAUTHORIZED);
+    let res = client.get(format!("{base}/api/v1/tenants")).bearer_auth(&forged).send().await.expect("sent");
+    assert_eq!(res.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let res = client
+        .post(format!("{base}/api/v1/tenants"))
+        .bearer_auth(&jwt)
+        .json(&crate::lifecycle::create_body("quiet-stripe", "basic"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), reqwest::StatusCode::ACCEPTED);
+    let body: Value = res.json().await.expect("json");
+    let job = app.wait_job(body["data"]["job"]["id"].as_str().expect("job"), Duration::from_secs(60)).await;
+    assert_ne!(job["status"], json!("succeeded"), "Stripe is unreachable: {job}");
+    let res = client.get(format!("{base}/health")).send().await.expect("sent");
+    assert!(res.status().is_success() || res.status().is_server_error());
+    let until = Instant::now() + Duration::from_secs(20);
+    while !audit.received().iter().any(|r| r.body.contains("tenant.config.updated")) {
+        assert!(Instant::now() < until, "the worker delivered no config event to the audit peer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered = audit.received();
+    assert!(delivered.iter().any(|r| r.headers.get("x-service-token") == Some(&service_token)));
+    assert!(delivered.iter().all(|r| !r.body.contains(&config_secret)));
+
+    let logs = [
+        ("api", std::fs::read_to_string(&api_log).expect("api log")),
+        ("worker", std::fs::read_to_string(&worker_log).expect("worker log")),
+    ];
+    // The logs saw all this, at debug…
+    let (api, worker) = (&logs[0].1, &logs[1].1);
+    assert!(api.lines().count() > 20 && worker.lines().count() > 20, "api:\n{api}\nworker:\n{worker}");
+    assert!(api.contains("\"status\":401") && api.contains("DEBUG"), "{api}");
+    assert!(worker.contains("billing_account") && worker.contains("DEBUG"), "{worker}");
+    // …and not one secret.
+    let jwt_secret = app.env["JWT_SECRET"].clone();
+    let secrets: &[(&str, &str)] = &[
+        ("service token", service_token.as_str()),
+        ("wrong service token", &wrong_service_token),
+        ("JWT", &jwt),
+        ("forged JWT", &forged),
+        ("JWT signature", jwt.rsplit('.').next().expect("signature")),
+        ("JWT secret", &jwt_secret),
+        ("Stripe key", &stripe_key),
+        ("Stripe key without its prefix", &stripe_key["sk_test_".len()..]),
+        ("secret config value", &config_secret),
+        ("config encryption key", &app.env["CONFIG_ENCRYPTION_KEY"]),
+        ("backup encryption key", &app.env["BACKUP_ENCRYPTION_KEY"]),
+    ];
+    for (process, text) in &logs {
+        for &(what, secret) in secrets {
+            if let Some(line) = text.lines().find(|l| l.contains(secret)) {
+                panic!("the {what} is in the {process} log: {line}");
+            }
+        }
+    }
 }

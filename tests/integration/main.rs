@@ -19,3 +19,4 @@ mod retention;
 mod rls;
 mod settings;
 mod tenants;
+mod tokens;

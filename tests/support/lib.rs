@@ -7,6 +7,8 @@
 //! `redis://127.0.0.1:6379/`) a Redis. `scripts/test` sets both.
 
 pub mod http_peer;
+pub mod jwks_peer;
+pub mod jwt_keys;
 pub mod localstripe;
 pub mod pg_server;
 pub mod redis_server;

@@ -1,11 +1,13 @@
 //! Authentication and authorisation.
 //!
-//! * `/api/v1/*`: `Authorization: Bearer <JWT>` (HS256, `JWT_SECRET`) with claims `sub`,
-//!   `tenant_id` (absent for platform staff), `roles` and `exp`. [`AuthUser`] extracts it; what
-//!   it may do on a tenant is decided in one place, the extractors of [`super::access`].
-//! * `/internal/*`: `X-Service-Token` must be one of `SERVICE_TOKENS`. Both sides are hashed
-//!   with SHA-256 and compared in constant time, so neither the token nor its length leaks
-//!   through timing.
+//! * `/api/v1/*`: `Authorization: Bearer <JWT>` with claims `sub`, `tenant_id` (absent for
+//!   platform staff), `roles` and `exp`, verified by [`TokenVerifier`] (HS256 with `JWT_SECRET`,
+//!   RS256/ES256 with a configured public key or JWKS — see [`super::tokens`]). [`AuthUser`]
+//!   extracts it; what it may do on a tenant is decided in one place, the extractors of
+//!   [`super::access`].
+//! * `/internal/*`: `X-Service-Token` must be one of `SERVICE_TOKENS` (compared in constant time);
+//!   the name configured with that token is the caller, [`ServiceCaller`]. `X-Service-Name` is not
+//!   trusted for identity.
 
 use super::error::{ApiError, Result};
 use crate::AppState;
@@ -13,13 +15,11 @@ use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use tenant_domain::TenantId;
 use tenant_domain::audit::Actor;
-use tenant_domain::{Config, TenantId};
-use uuid::Uuid;
+
+pub use super::tokens::{Claims, TokenVerifier};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -38,67 +38,6 @@ impl Role {
             _ => None,
         }
     }
-}
-
-/// The claims of our bearer tokens.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Claims {
-    pub sub: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant_id: Option<Uuid>,
-    /// Unknown roles are ignored rather than refused, so other services may add their own.
-    #[serde(default)]
-    pub roles: Vec<String>,
-    pub exp: i64,
-}
-
-/// Verifies bearer tokens and service tokens (and signs dev tokens).
-pub struct TokenVerifier {
-    decoding: DecodingKey,
-    encoding: EncodingKey,
-    validation: Validation,
-    service_token_digests: Vec<[u8; 32]>,
-}
-
-impl TokenVerifier {
-    pub fn new(config: &Config) -> Self {
-        let secret = config.jwt_secret.expose().as_bytes();
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 30;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        Self {
-            decoding: DecodingKey::from_secret(secret),
-            encoding: EncodingKey::from_secret(secret),
-            validation,
-            service_token_digests: config.service_tokens.iter().map(|t| digest(t.expose())).collect(),
-        }
-    }
-
-    pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
-        Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)?)
-    }
-
-    fn verify(&self, token: &str) -> Result<Claims> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map(|data| data.claims).map_err(|err| {
-            match err.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => ApiError::unauthorized("token expired"),
-                _ => ApiError::unauthorized("invalid bearer token"),
-            }
-        })
-    }
-
-    /// Constant-time membership test; every configured token is compared.
-    pub fn is_service_token(&self, presented: &str) -> bool {
-        let presented = digest(presented);
-        self.service_token_digests
-            .iter()
-            .fold(subtle::Choice::from(0u8), |found, known| found | known.ct_eq(&presented))
-            .into()
-    }
-}
-
-fn digest(s: &str) -> [u8; 32] {
-    Sha256::digest(s.as_bytes()).into()
 }
 
 /// An authenticated user of the public API.
@@ -135,11 +74,13 @@ impl FromRequestParts<AppState> for AuthUser {
         if let Some(user) = parts.extensions.get::<AuthUser>() {
             return Ok(user.clone());
         }
-        authenticate(parts, state)
+        authenticate(parts, state).await
     }
 }
 
-pub(crate) fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthUser> {
+/// The user of a request's bearer token. Only a token naming a signing key we have not fetched
+/// yet waits (for one bounded JWKS fetch); anything else is decided without waiting.
+pub(crate) async fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthUser> {
     {
         let header = parts
             .headers
@@ -150,7 +91,7 @@ pub(crate) fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthUser> 
             .ok()
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .ok_or_else(|| ApiError::unauthorized("expected `Authorization: Bearer <token>`"))?;
-        let claims = state.tokens.verify(token.trim())?;
+        let claims = state.tokens.verify(token.trim()).await?;
         Ok(AuthUser {
             user_id: claims.sub,
             tenant: claims.tenant_id.map(TenantId),
@@ -165,7 +106,7 @@ pub(crate) fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthUser> 
 /// stays usable while the quota store is down.
 pub async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
-    let user = match authenticate(&parts, &state) {
+    let user = match authenticate(&parts, &state).await {
         Ok(user) => user,
         // Let the handler's extractor produce the 401.
         Err(_) => return next.run(Request::from_parts(parts, body)).await,
@@ -186,8 +127,9 @@ pub async fn rate_limit(State(state): State<AppState>, request: Request, next: N
     next.run(Request::from_parts(parts, body)).await
 }
 
-/// The calling service on `/internal/*`, from `X-Service-Name` (informational; the token is what
-/// authenticates).
+/// The calling service on `/internal/*`: the name `SERVICE_TOKENS` gives the token it presented
+/// (`billing:<token>` → `billing`; a token without a name → `service`). `X-Service-Name` plays no
+/// part: it is the caller's say-so.
 #[derive(Debug, Clone)]
 pub struct ServiceCaller {
     pub name: String,
@@ -199,27 +141,22 @@ impl ServiceCaller {
     }
 }
 
-/// Middleware for `/internal/*`: 401 unless `X-Service-Token` is a configured token.
+/// Middleware for `/internal/*`: 401 unless `X-Service-Token` is a configured token; the request's
+/// span (so its log lines) carries the token's service name.
 pub async fn require_service_token(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Result<Response> {
     let presented = request.headers().get("x-service-token").and_then(|v| v.to_str().ok());
-    match presented {
-        Some(token) if state.tokens.is_service_token(token) => {}
-        Some(_) => return Err(ApiError::unauthorized("invalid service token")),
+    let name = match presented {
+        Some(token) => match state.tokens.service_name(token) {
+            Some(name) => name.to_owned(),
+            None => return Err(ApiError::unauthorized("invalid service token")),
+        },
         None => return Err(ApiError::unauthorized("missing X-Service-Token header")),
-    }
-    let name = request
-        .headers()
-        .get("x-service-name")
-        .and_then(|v| v.to_str().ok())
-        .filter(|n| {
-            !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        })
-        .unwrap_or("service")
-        .to_owned();
+    };
+    tracing::Span::current().record("service", name.as_str());
     request.extensions_mut().insert(ServiceCaller { name });
     Ok(next.run(request).await)
 }

@@ -214,10 +214,12 @@ async fn run_idempotently(
     let (mut parts, body) = request.into_parts();
     super::access::precheck(&mut parts, state).await.map_err(IntoResponse::into_response)?;
     let key = parse_key(&key).map_err(IntoResponse::into_response)?;
-    // The caller: the token's tenant and subject.
-    let scope = match super::auth::authenticate(&parts, state) {
-        Ok(user) => user.idempotency_scope(),
-        Err(err) => return Err(err.into_response()),
+    // The caller: the token's tenant and subject (the precheck authenticated it on tenant routes).
+    let scope = match parts.extensions.get::<super::auth::AuthUser>() {
+        Some(user) => user.idempotency_scope(),
+        None => {
+            super::auth::authenticate(&parts, state).await.map_err(IntoResponse::into_response)?.idempotency_scope()
+        }
     };
     let bytes = axum::body::to_bytes(body, state.config.body_limit_bytes).await.map_err(|_| {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "request body exceeds 1 MiB").into_response()

@@ -12,6 +12,7 @@ pub mod health;
 pub mod idempotency;
 pub mod internal;
 pub mod jobs;
+pub mod jwks;
 pub mod lifecycle;
 pub mod metrics;
 pub mod monitoring;
@@ -21,6 +22,7 @@ pub mod quotas;
 pub mod response;
 pub mod settings;
 pub mod tenants;
+pub mod tokens;
 pub mod validate;
 
 use crate::AppState;
@@ -118,13 +120,15 @@ pub fn router(state: AppState) -> Router {
 
 fn make_span(request: &Request) -> tracing::Span {
     let request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-    // `tenant_id` is filled in once the request is authorized for a tenant (`AuthUser::authorize`).
+    // `tenant_id` is filled in once the request is authorized for a tenant (`AuthUser::authorize`),
+    // `service` once an internal call's service token is (`auth::require_service_token`).
     tracing::info_span!(
         "http",
         method = %request.method(),
         path = %request.uri().path(),
         request_id,
-        tenant_id = tracing::field::Empty
+        tenant_id = tracing::field::Empty,
+        service = tracing::field::Empty
     )
 }
 
