@@ -7,7 +7,7 @@ use crate::{Error, PlanId, Result, TenantId, TenantStatus, events};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -71,7 +71,9 @@ pub fn to_prefix_tsquery(q: &str) -> Option<String> {
     (!terms.is_empty()).then(|| terms.join(" & "))
 }
 
-pub async fn list(db: &PgPool, filter: &ListFilter) -> Result<(Vec<Tenant>, i64)> {
+/// One page of tenants. On the platform pool it sees every tenant; in a [`TenantTx`] row-level
+/// security narrows it to that tenant, whatever the filter says.
+pub async fn list(db: &mut PgConnection, filter: &ListFilter) -> Result<(Vec<Tenant>, i64)> {
     let tsquery = filter.q.as_deref().and_then(to_prefix_tsquery);
     let offset = i64::from(filter.page.saturating_sub(1)) * i64::from(filter.limit);
     let conditions = "($1::tenant_status_enum is null or status = $1) \
@@ -83,7 +85,7 @@ pub async fn list(db: &PgPool, filter: &ListFilter) -> Result<(Vec<Tenant>, i64)
         .bind(&tsquery)
         .bind(filter.plan_id)
         .bind(filter.only)
-        .fetch_one(db)
+        .fetch_one(&mut *db)
         .await?;
     let sql = format!(
         "select {COLUMNS} from tenants where {conditions} \

@@ -31,7 +31,7 @@ pub async fn open(
     let first = period::first_period(anchor, interval, opened);
     let existing = {
         let mut tx = db::begin_tenant(&ctx.db, tenant.id).await?;
-        store::account(&mut tx, tenant.id).await?.map(|a| a.customer_ref)
+        store::account(&mut tx).await?.map(|a| a.customer_ref)
     };
     let account = ctx
         .billing
@@ -49,10 +49,9 @@ pub async fn open(
     let charge = period::period_charge(price, anchor, interval, first)
         .map_err(|e| StepError::Permanent(format!("first period charge: {e}")))?;
     let mut tx = db::begin_tenant(&ctx.db, tenant.id).await?;
-    store::save_opened(&mut tx, tenant.id, &account, plan.id, interval, anchor, first).await?;
+    store::save_opened(&mut tx, &account, plan.id, interval, anchor, first).await?;
     store::add_line(
         &mut tx,
-        tenant.id,
         None,
         &NewLine {
             kind: LineKind::Subscription,
@@ -85,7 +84,7 @@ pub async fn reopen(
 pub async fn close(ctx: &JobContext, tenant: &Tenant, key: &str) -> Result<(), StepError> {
     let account = {
         let mut tx = db::begin_tenant(&ctx.db, tenant.id).await?;
-        store::account(&mut tx, tenant.id).await?
+        store::account(&mut tx).await?
     };
     let Some(account) = account else { return Ok(()) };
     ctx.billing
@@ -96,7 +95,7 @@ pub async fn close(ctx: &JobContext, tenant: &Tenant, key: &str) -> Result<(), S
         })
         .await?;
     let mut tx = db::begin_tenant(&ctx.db, tenant.id).await?;
-    store::mark_canceled(&mut tx, tenant.id).await?;
+    store::mark_canceled(&mut tx).await?;
     tx.commit().await?;
     Ok(())
 }

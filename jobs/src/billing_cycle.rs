@@ -121,7 +121,7 @@ async fn close_one(ctx: &JobContext, tenant: TenantId, at: DateTime<Utc>) -> Res
     let mut any = false;
     loop {
         let mut tx = db::begin_tenant(&ctx.db, tenant).await?;
-        let account = store::account_for_update(&mut tx, tenant).await?;
+        let account = store::account_for_update(&mut tx).await?;
         if account.current_period_end > at || account.status == "canceled" {
             return Ok(any);
         }
@@ -132,7 +132,7 @@ async fn close_one(ctx: &JobContext, tenant: TenantId, at: DateTime<Utc>) -> Res
         let key = format!("close:{tenant}:{}", closing.start.timestamp());
         let usage_billing = ctx.config.billing.usage_billing;
         let lines = invoicing::closing_lines(&mut tx, &account, &plan, usage_billing, closing.end, &key).await?;
-        let invoice = store::issue_invoice(&mut tx, tenant, currency, closing, &lines).await?;
+        let invoice = store::issue_invoice(&mut tx, currency, closing, &lines).await?;
         if let Some(invoice) = &invoice {
             billing::record_event(
                 &mut *tx,
@@ -147,7 +147,7 @@ async fn close_one(ctx: &JobContext, tenant: TenantId, at: DateTime<Utc>) -> Res
             .await?;
             any = true;
         }
-        store::advance_period(&mut tx, tenant, next).await?;
+        store::advance_period(&mut tx, next).await?;
         tx.commit().await?;
     }
 }
@@ -166,7 +166,7 @@ pub async fn dunning(ctx: &JobContext, at: DateTime<Utc>) -> Result<u64, StepErr
     let mut suspended = 0;
     for tenant in overdue {
         let mut tx = db::begin_tenant(&ctx.db, tenant).await?;
-        let account = store::account_for_update(&mut tx, tenant).await?;
+        let account = store::account_for_update(&mut tx).await?;
         if account.status != "past_due" || account.dunning_suspended_at.is_some() {
             continue;
         }

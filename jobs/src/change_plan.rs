@@ -88,7 +88,7 @@ impl ChangePlan {
             return Ok(());
         }
         let tenant = tenants::get(&mut *tx, self.tenant.id).await?;
-        let account = plan_change::account(&mut tx, &tenant).await?;
+        let account = plan_change::account(&mut tx).await?;
         let quote = plan_change::quote(
             &mut tx,
             &tenant,
@@ -137,7 +137,7 @@ impl ChangePlan {
         let change = self.change(ctx).await?;
         let account = {
             let mut tx = db::begin_tenant(&ctx.db, self.tenant.id).await?;
-            store::account(&mut tx, self.tenant.id).await?
+            store::account(&mut tx).await?
         };
         let Some(subscription) = account.and_then(|a| a.subscription_ref) else {
             return Err(StepError::Permanent("the billing account has no subscription".into()));
@@ -189,7 +189,7 @@ impl ChangePlan {
         .bind(&plan.quotas)
         .execute(&mut *tx)
         .await?;
-        store::set_subscription(&mut tx, id, plan.id, interval, anchor, period).await?;
+        store::set_subscription(&mut tx, plan.id, interval, anchor, period).await?;
         sqlx::query(&format!(
             "update plan_changes set applied_at = {} where job_id = $1",
             if applied { "coalesce(applied_at, now())" } else { "null" }
@@ -217,7 +217,6 @@ impl ChangePlan {
         for (index, line) in lines.iter().enumerate() {
             store::add_line(
                 &mut tx,
-                self.tenant.id,
                 None,
                 &NewLine {
                     kind: LineKind::Proration,

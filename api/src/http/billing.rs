@@ -73,14 +73,14 @@ pub struct BillingPlan {
 pub async fn show(State(state): State<AppState>, access: TenantAccess<Read>) -> Result<Response> {
     let id = access.tenant;
     let mut tx = db::begin_tenant(&state.db, id).await?;
-    let account = store::account(&mut tx, id)
+    let account = store::account(&mut tx)
         .await?
         .ok_or(Error::NotFound { code: "BILLING_ACCOUNT_NOT_FOUND", what: "billing account" })?;
     let plan = plans::find(&mut *tx, &account.plan_id.to_string()).await?;
     let price = plan.price(account.interval()).map_err(|e| ApiError::internal(anyhow::anyhow!("{e}")))?;
     let usage_billing = state.config.billing.usage_billing;
-    let upcoming = invoicing::upcoming(&mut tx, id, &account, &plan, usage_billing, Utc::now()).await?;
-    let balance = Money::new(store::balance_due(&mut tx, id).await?, price.currency);
+    let upcoming = invoicing::upcoming(&mut tx, &account, &plan, usage_billing, Utc::now()).await?;
+    let balance = Money::new(store::balance_due(&mut tx).await?, price.currency);
     tx.commit().await?;
     Ok(response::ok(BillingView {
         tenant_id: id,
@@ -165,7 +165,7 @@ pub async fn change_plan(
     };
     let mut tx = db::begin_tenant(&state.db, id).await?;
     let tenant = tenants::get(&mut *tx, id).await?;
-    let account = plan_change::account(&mut tx, &tenant).await?;
+    let account = plan_change::account(&mut tx).await?;
     let quote = plan_change::quote(&mut tx, &tenant, &account, &to, body.interval, at).await?;
     tx.rollback().await?;
     if params.preview.unwrap_or(false) {
@@ -236,7 +236,7 @@ pub async fn invoices(
     let id = access.tenant;
     let (page, limit) = params.resolve()?;
     let mut tx = db::begin_tenant(&state.db, id).await?;
-    let (items, total) = store::invoices(&mut tx, id, page, limit).await?;
+    let (items, total) = store::invoices(&mut tx, page, limit).await?;
     tx.commit().await?;
     Ok(response::page(items, PageMeta { total, page, limit }))
 }
@@ -253,7 +253,7 @@ pub async fn invoice(
 ) -> Result<Response> {
     let id = access.tenant;
     let mut tx = db::begin_tenant(&state.db, id).await?;
-    let invoice = store::invoice(&mut tx, id, invoice_id, false).await?;
+    let invoice = store::invoice(&mut tx, invoice_id, false).await?;
     tx.commit().await?;
     Ok(response::ok(invoice))
 }
@@ -304,24 +304,24 @@ pub async fn pay(
         return Err(ApiError::field("paymentMethodId", "1 to 255 visible ASCII characters"));
     }
     let mut tx = db::begin_tenant(&state.db, id).await?;
-    let account = store::account(&mut tx, id)
+    let account = store::account(&mut tx)
         .await?
         .ok_or(Error::NotFound { code: "BILLING_ACCOUNT_NOT_FOUND", what: "billing account" })?;
     let existing = match &key.0 {
-        Some(k) => store::payment_by_key(&mut tx, id, k).await?,
+        Some(k) => store::payment_by_key(&mut tx, k).await?,
         None => None,
     };
     let payment = match existing {
         // Settled before under this key: the same answer, nothing charged again.
         Some(p) if p.status != "pending" => {
-            let invoice = store::invoice(&mut tx, id, p.invoice_id, false).await?;
+            let invoice = store::invoice(&mut tx, p.invoice_id, false).await?;
             tx.commit().await?;
             return Ok(response::ok(PaymentResult { payment: p, invoice }));
         }
         // Interrupted before it settled: charge again under the same provider key.
         Some(p) => p,
         None => {
-            let invoice = store::invoice(&mut tx, id, body.invoice_id, true).await?;
+            let invoice = store::invoice(&mut tx, body.invoice_id, true).await?;
             if invoice.status != "open" {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
@@ -350,10 +350,10 @@ pub async fn pay(
             let currency =
                 Currency::parse(&invoice.currency).map_err(|e| ApiError::internal(anyhow::anyhow!("{e}")))?;
             let amount = Money::new(body.amount, currency);
-            store::insert_payment(&mut tx, id, invoice.id, amount, &account.provider, key.0.as_deref()).await?
+            store::insert_payment(&mut tx, invoice.id, amount, &account.provider, key.0.as_deref()).await?
         }
     };
-    let invoice_number = store::invoice(&mut tx, id, payment.invoice_id, false).await?.number;
+    let invoice_number = store::invoice(&mut tx, payment.invoice_id, false).await?.number;
     tx.commit().await?;
 
     let currency = Currency::parse(&payment.currency).map_err(|e| ApiError::internal(anyhow::anyhow!("{e}")))?;
@@ -386,9 +386,9 @@ pub async fn pay(
     };
 
     let mut tx = db::begin_tenant(&state.db, id).await?;
-    let (payment, became_paid) = store::settle_payment(&mut tx, id, payment.id, &result.provider_ref, failure).await?;
+    let (payment, became_paid) = store::settle_payment(&mut tx, payment.id, &result.provider_ref, failure).await?;
     if let Some(card) = &result.card {
-        store::set_card(&mut tx, id, card).await?;
+        store::set_card(&mut tx, card).await?;
     }
     let event_data = json!({
         "paymentId": payment.id, "invoiceId": payment.invoice_id,
@@ -403,7 +403,7 @@ pub async fn pay(
     } else {
         billing::record_event(&mut *tx, id, events::PAYMENT_FAILED, event_data).await?;
     }
-    let invoice = store::invoice(&mut tx, id, payment.invoice_id, false).await?;
+    let invoice = store::invoice(&mut tx, payment.invoice_id, false).await?;
     if reactivated {
         super::quotas::commit_and_mirror(&state, tx).await?;
     } else {

@@ -15,7 +15,7 @@ use serde_json::Value;
 use std::time::Instant;
 use tenant_domain::quota::store::{self as quota_store, LimitRow};
 use tenant_domain::tenants::{self, ChangeContext, ListFilter, Tenant, TenantUpdate};
-use tenant_domain::{PlanId, TenantStatus, plans};
+use tenant_domain::{PlanId, TenantStatus, db, plans};
 use uuid::Uuid;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -56,7 +56,17 @@ pub async fn list(State(state): State<AppState>, user: AuthUser, Query(params): 
         return Err(ApiError::field("q", "at most 200 characters"));
     }
     let filter = ListFilter { status: params.status, q: params.q, plan_id, only, page, limit };
-    let (items, total) = tenants::list(&state.db, &filter).await?;
+    // A tenant user's list is read as that tenant: the database, not only the filter, keeps
+    // other tenants out.
+    let (items, total) = match only {
+        Some(tenant) => {
+            let mut tx = db::begin_tenant(&state.db, tenant).await?;
+            let page = tenants::list(&mut tx, &filter).await?;
+            tx.commit().await?;
+            page
+        }
+        None => tenants::list(&mut *state.db.acquire().await.map_err(tenant_domain::Error::from)?, &filter).await?,
+    };
     Ok(response::page(items, PageMeta { total, page, limit }))
 }
 

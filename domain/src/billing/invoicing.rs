@@ -5,12 +5,12 @@
 
 use super::period::{self, Interval, Period};
 use super::store::{self, Account, InvoiceLine, LineKind, NewLine};
+use crate::db::TenantTx;
 use crate::money::{Currency, Money, MoneyError};
 use crate::plans::Plan;
-use crate::{Error, Result, TenantId};
+use crate::{Error, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgConnection;
 
 /// `units` beyond the limit at `unit_amount` per `per` units, rounded half to even.
 pub fn overage_amount(currency: Currency, unit_amount: i64, per: i64, units: i64) -> Result<Money, MoneyError> {
@@ -36,7 +36,7 @@ fn money_error(err: MoneyError) -> Error {
 /// overage for usage windows in `[invoiced_through, usage_to)` and the next period's subscription.
 /// `key` prefixes each line's idempotency key.
 pub async fn closing_lines(
-    conn: &mut PgConnection,
+    tx: &mut TenantTx,
     account: &Account,
     plan: &Plan,
     usage_billing: bool,
@@ -50,7 +50,7 @@ pub async fn closing_lines(
     if usage_billing {
         let prices = plan.overage_prices();
         let usage = Period { start: account.invoiced_through, end: usage_to };
-        for (resource, units) in store::overage_units(conn, account.tenant_id, usage.start, usage.end).await? {
+        for (resource, units) in store::overage_units(tx, usage.start, usage.end).await? {
             let Some(price) = prices.get(&resource) else { continue };
             lines.push(NewLine {
                 kind: LineKind::Overage,
@@ -103,17 +103,16 @@ pub struct EstimateLine {
 }
 
 pub async fn upcoming(
-    conn: &mut PgConnection,
-    tenant: TenantId,
+    tx: &mut TenantTx,
     account: &Account,
     plan: &Plan,
     usage_billing: bool,
     now: DateTime<Utc>,
 ) -> Result<UpcomingInvoice> {
     let currency = plan.price(account.interval()).map_err(money_error)?.currency;
-    let pending: Vec<InvoiceLine> = store::pending_lines(conn, tenant).await?;
+    let pending: Vec<InvoiceLine> = store::pending_lines(tx).await?;
     let usage_to = now.min(account.current_period_end);
-    let closing = closing_lines(conn, account, plan, usage_billing, usage_to, "estimate").await?;
+    let closing = closing_lines(tx, account, plan, usage_billing, usage_to, "estimate").await?;
     let mut lines: Vec<EstimateLine> = Vec::new();
     for line in pending {
         let line_currency = Currency::parse(&line.currency).map_err(money_error)?;

@@ -5,6 +5,7 @@
 
 use super::period::{self, Interval, PriceRef, Proration};
 use super::store::{self, Account};
+use crate::db::TenantTx;
 use crate::plans::{self, Plan};
 use crate::tenants::Tenant;
 use crate::{Error, Result, TenantStatus};
@@ -33,13 +34,14 @@ pub fn price_ref(plan: &Plan, interval: Interval) -> Result<PriceRef> {
 /// (400 on `planId`), the currencies differ (400), or its period has ended and waits to be closed
 /// (409 `BILLING_PERIOD_CLOSING`). `conn` is the tenant-scoped transaction.
 pub async fn quote(
-    conn: &mut PgConnection,
+    tx: &mut TenantTx,
     tenant: &Tenant,
     account: &Account,
     to: &Plan,
     interval: Interval,
     at: DateTime<Utc>,
 ) -> Result<Quote> {
+    let conn: &mut PgConnection = tx;
     if tenant.status != TenantStatus::Active {
         return Err(Error::InvalidState {
             message: format!("only an active tenant can change plan; this one is {}", tenant.status.as_str()),
@@ -81,8 +83,8 @@ pub async fn quote(
 }
 
 /// The account of `tenant` for a plan change (locked), or 409 if it has none.
-pub async fn account(conn: &mut PgConnection, tenant: &Tenant) -> Result<Account> {
-    store::account_for_update(conn, tenant.id).await.map_err(|err| match err {
+pub async fn account(tx: &mut TenantTx) -> Result<Account> {
+    store::account_for_update(tx).await.map_err(|err| match err {
         Error::NotFound { .. } => Error::InvalidState { message: "the tenant has no billing account".into() },
         other => other,
     })

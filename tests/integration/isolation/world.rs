@@ -218,7 +218,7 @@ async fn issue_invoice(app: &TestApp, tenant: &str) -> (String, String) {
         source_key: format!("isolation:{tenant}"),
     };
     let mut tx = db::begin_tenant(&app.db, id).await.expect("tenant transaction");
-    let invoice = store::issue_invoice(&mut tx, id, currency, period, &[line]).await.expect("issued").expect("new");
+    let invoice = store::issue_invoice(&mut tx, currency, period, &[line]).await.expect("issued").expect("new");
     tx.commit().await.expect("commit");
     assert!(invoice.status == "open" && invoice.amount_due >= 2900, "{invoice:?}");
     (invoice.id.to_string(), invoice.number)

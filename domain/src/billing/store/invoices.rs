@@ -1,6 +1,7 @@
 //! Invoice lines (pending until an invoice takes them) and invoices.
 
 use crate::billing::period::Period;
+use crate::db::TenantTx;
 use crate::money::{Currency, Money};
 use crate::{Error, Result, TenantId};
 use chrono::{DateTime, Utc};
@@ -43,7 +44,12 @@ pub struct NewLine {
 
 /// Adds a line waiting for the next invoice (or, with `invoice`, on that invoice). A line whose
 /// `source_key` exists is left as it is.
-pub async fn add_line(conn: &mut PgConnection, tenant: TenantId, invoice: Option<Uuid>, line: &NewLine) -> Result<()> {
+pub async fn add_line(tx: &mut TenantTx, invoice: Option<Uuid>, line: &NewLine) -> Result<()> {
+    let tenant = tx.tenant();
+    add_line_in(tx, tenant, invoice, line).await
+}
+
+async fn add_line_in(conn: &mut PgConnection, tenant: TenantId, invoice: Option<Uuid>, line: &NewLine) -> Result<()> {
     sqlx::query(
         "insert into invoice_lines (id, tenant_id, invoice_id, kind, description, resource, quantity, amount_minor, \
              currency, period_start, period_end, source_key) \
@@ -89,7 +95,9 @@ const LINE_COLUMNS: &str = "id, invoice_id, kind, description, resource, quantit
     trim(currency) as currency, period_start, period_end";
 
 /// Lines not yet on an invoice, oldest first.
-pub async fn pending_lines(conn: &mut PgConnection, tenant: TenantId) -> Result<Vec<InvoiceLine>> {
+pub async fn pending_lines(tx: &mut TenantTx) -> Result<Vec<InvoiceLine>> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     let sql = format!(
         "select {LINE_COLUMNS} from invoice_lines where tenant_id = $1 and invoice_id is null \
          order by period_start, created_at, id"
@@ -123,7 +131,9 @@ const INVOICE_COLUMNS: &str = "id, tenant_id, number, status, trim(currency) as 
     issued_at, paid_at";
 
 /// The tenant's invoices, newest first, with their lines; and the total count.
-pub async fn invoices(conn: &mut PgConnection, tenant: TenantId, page: u32, limit: u32) -> Result<(Vec<Invoice>, i64)> {
+pub async fn invoices(tx: &mut TenantTx, page: u32, limit: u32) -> Result<(Vec<Invoice>, i64)> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     let total: i64 = sqlx::query_scalar("select count(*) from invoices where tenant_id = $1")
         .bind(tenant)
         .fetch_one(&mut *conn)
@@ -149,7 +159,12 @@ pub async fn invoices(conn: &mut PgConnection, tenant: TenantId, page: u32, limi
     Ok((list, total))
 }
 
-pub async fn invoice(conn: &mut PgConnection, tenant: TenantId, id: Uuid, lock: bool) -> Result<Invoice> {
+pub async fn invoice(tx: &mut TenantTx, id: Uuid, lock: bool) -> Result<Invoice> {
+    let tenant = tx.tenant();
+    invoice_in(tx, tenant, id, lock).await
+}
+
+async fn invoice_in(conn: &mut PgConnection, tenant: TenantId, id: Uuid, lock: bool) -> Result<Invoice> {
     let sql = format!(
         "select {INVOICE_COLUMNS} from invoices where tenant_id = $1 and id = $2 {}",
         if lock { "for update" } else { "" }
@@ -169,12 +184,13 @@ pub async fn invoice(conn: &mut PgConnection, tenant: TenantId, id: Uuid, lock: 
 /// Issues the invoice that closes `period`: takes every pending line, adds `lines`, and sums
 /// them. Returns `None` if the period already has its invoice (a repeated close).
 pub async fn issue_invoice(
-    conn: &mut PgConnection,
-    tenant: TenantId,
+    tx: &mut TenantTx,
     currency: Currency,
     period: Period,
     lines: &[NewLine],
 ) -> Result<Option<Invoice>> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     let id = Uuid::now_v7();
     let number = format!("INV-{}-{}", period.end.format("%Y%m%d"), &id.simple().to_string()[20..]);
     let inserted = sqlx::query(
@@ -199,7 +215,7 @@ pub async fn issue_invoice(
         .execute(&mut *conn)
         .await?;
     for line in lines {
-        add_line(conn, tenant, Some(id), line).await?;
+        add_line_in(conn, tenant, Some(id), line).await?;
     }
     // A negative total (credits beyond the charges) is not lost: it is carried to the next
     // invoice, as Stripe keeps it on the customer's balance.
@@ -219,9 +235,10 @@ pub async fn issue_invoice(
             period,
             source_key: format!("{id}:{key}"),
         };
-        add_line(conn, tenant, Some(id), &carry(-credit, "Credit carried to the next invoice".into(), "carry-out"))
+        add_line_in(conn, tenant, Some(id), &carry(-credit, "Credit carried to the next invoice".into(), "carry-out"))
             .await?;
-        add_line(conn, tenant, None, &carry(credit, format!("Credit carried over from {number}"), "carry-in")).await?;
+        add_line_in(conn, tenant, None, &carry(credit, format!("Credit carried over from {number}"), "carry-in"))
+            .await?;
     }
     sqlx::query(
         "update invoices set total_minor = (select coalesce(sum(amount_minor), 0) from invoice_lines where invoice_id = $1), \
@@ -234,17 +251,14 @@ pub async fn issue_invoice(
     .bind(id)
     .execute(&mut *conn)
     .await?;
-    Ok(Some(invoice(conn, tenant, id, false).await?))
+    Ok(Some(invoice_in(conn, tenant, id, false).await?))
 }
 
 /// Usage beyond the limit per counter resource, summed over the quota windows that started in
 /// `[from, to)`: each window's last rolled-up count minus the tenant's limit, when above it.
-pub async fn overage_units(
-    conn: &mut PgConnection,
-    tenant: TenantId,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<Vec<(String, i64)>> {
+pub async fn overage_units(tx: &mut TenantTx, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Vec<(String, i64)>> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     Ok(sqlx::query_as(
         "select w.resource_type, sum(greatest(w.used - q.limit_value, 0))::bigint \
          from (select resource_type, window_start, max(used) as used from usage_history \

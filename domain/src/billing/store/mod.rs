@@ -1,10 +1,11 @@
 //! The billing tables of one tenant — account, invoice lines, invoices, payments, plan changes —
-//! read and written inside the tenant-scoped transaction ([`crate::db::begin_tenant`]), so
+//! read and written inside the tenant-scoped transaction ([`crate::db::TenantTx`]), so
 //! row-level security holds even for a query that forgot its `tenant_id`. Every function takes
-//! that transaction's connection; none takes the owner pool.
+//! a `&mut TenantTx` and works on its tenant; none can be handed the platform pool.
 
 use super::period::{Interval, Period};
 use super::{AccountRef, CardSummary};
+use crate::db::TenantTx;
 use crate::{Error, PlanId, Result, TenantId};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -56,12 +57,16 @@ const ACCOUNT_COLUMNS: &str = "tenant_id, provider, customer_ref, subscription_r
     billing_anchor, current_period_start, current_period_end, invoiced_through, past_due_since, \
     dunning_suspended_at, payment_method_brand, payment_method_last4, provider_status, created_at";
 
-pub async fn account(conn: &mut PgConnection, tenant: TenantId) -> Result<Option<Account>> {
+pub async fn account(tx: &mut TenantTx) -> Result<Option<Account>> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     let sql = format!("select {ACCOUNT_COLUMNS} from billing_accounts where tenant_id = $1");
     Ok(sqlx::query_as(&sql).bind(tenant).fetch_optional(conn).await?)
 }
 
-pub async fn account_for_update(conn: &mut PgConnection, tenant: TenantId) -> Result<Account> {
+pub async fn account_for_update(tx: &mut TenantTx) -> Result<Account> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     let sql = format!("select {ACCOUNT_COLUMNS} from billing_accounts where tenant_id = $1 for update");
     sqlx::query_as(&sql)
         .bind(tenant)
@@ -73,14 +78,15 @@ pub async fn account_for_update(conn: &mut PgConnection, tenant: TenantId) -> Re
 /// Records the account a provider opened (or reopened): its references, plan version, interval,
 /// anchor and first period. A reopened account starts a new period; usage before it is not billed.
 pub async fn save_opened(
-    conn: &mut PgConnection,
-    tenant: TenantId,
+    tx: &mut TenantTx,
     account: &AccountRef,
     plan: PlanId,
     interval: Interval,
     anchor: DateTime<Utc>,
     period: Period,
 ) -> Result<()> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     sqlx::query(
         "insert into billing_accounts (tenant_id, provider, customer_ref, subscription_ref, plan_id, billing_interval, \
              billing_anchor, current_period_start, current_period_end, invoiced_through) \
@@ -106,7 +112,9 @@ pub async fn save_opened(
     Ok(())
 }
 
-pub async fn mark_canceled(conn: &mut PgConnection, tenant: TenantId) -> Result<()> {
+pub async fn mark_canceled(tx: &mut TenantTx) -> Result<()> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     sqlx::query(
         "update billing_accounts set status = 'canceled', canceled_at = coalesce(canceled_at, now()), \
              updated_at = now() where tenant_id = $1",
@@ -119,13 +127,14 @@ pub async fn mark_canceled(conn: &mut PgConnection, tenant: TenantId) -> Result<
 
 /// After a plan change: the plan version, interval, anchor and current period.
 pub async fn set_subscription(
-    conn: &mut PgConnection,
-    tenant: TenantId,
+    tx: &mut TenantTx,
     plan: PlanId,
     interval: Interval,
     anchor: DateTime<Utc>,
     period: Period,
 ) -> Result<()> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     sqlx::query(
         "update billing_accounts set plan_id = $2, billing_interval = $3, billing_anchor = $4, \
              current_period_start = $5, current_period_end = $6, updated_at = now() where tenant_id = $1",
@@ -141,7 +150,9 @@ pub async fn set_subscription(
     Ok(())
 }
 
-pub async fn set_card(conn: &mut PgConnection, tenant: TenantId, card: &CardSummary) -> Result<()> {
+pub async fn set_card(tx: &mut TenantTx, card: &CardSummary) -> Result<()> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     sqlx::query(
         "update billing_accounts set payment_method_brand = $2, payment_method_last4 = $3, updated_at = now() \
          where tenant_id = $1",
@@ -155,7 +166,9 @@ pub async fn set_card(conn: &mut PgConnection, tenant: TenantId, card: &CardSumm
 }
 
 /// Moves the account to its next period once the closing invoice is issued.
-pub async fn advance_period(conn: &mut PgConnection, tenant: TenantId, next: Period) -> Result<()> {
+pub async fn advance_period(tx: &mut TenantTx, next: Period) -> Result<()> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     sqlx::query(
         "update billing_accounts set invoiced_through = current_period_end, current_period_start = $2, \
              current_period_end = $3, updated_at = now() where tenant_id = $1",
@@ -190,6 +203,7 @@ pub struct PlanChange {
     pub announced_at: Option<DateTime<Utc>>,
 }
 
-pub async fn plan_change(conn: &mut PgConnection, job: Uuid) -> Result<Option<PlanChange>> {
+pub async fn plan_change(tx: &mut TenantTx, job: Uuid) -> Result<Option<PlanChange>> {
+    let conn: &mut PgConnection = tx;
     Ok(sqlx::query_as("select * from plan_changes where job_id = $1").bind(job).fetch_optional(conn).await?)
 }

@@ -1,7 +1,8 @@
 //! Payments of invoices: recorded pending before the provider is called, settled after.
 
+use crate::Result;
+use crate::db::TenantTx;
 use crate::money::Money;
-use crate::{Result, TenantId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
@@ -27,20 +28,23 @@ pub struct Payment {
 const PAYMENT_COLUMNS: &str = "id, invoice_id, amount_minor as amount, trim(currency) as currency, status, provider, \
     provider_ref, failure_message, created_at";
 
-pub async fn payment_by_key(conn: &mut PgConnection, tenant: TenantId, key: &str) -> Result<Option<Payment>> {
+pub async fn payment_by_key(tx: &mut TenantTx, key: &str) -> Result<Option<Payment>> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     let sql = format!("select {PAYMENT_COLUMNS} from payments where tenant_id = $1 and idempotency_key = $2");
     Ok(sqlx::query_as(&sql).bind(tenant).bind(key).fetch_optional(conn).await?)
 }
 
 /// Records a payment attempt as `pending` (before the provider is called).
 pub async fn insert_payment(
-    conn: &mut PgConnection,
-    tenant: TenantId,
+    tx: &mut TenantTx,
     invoice: Uuid,
     amount: Money,
     provider: &str,
     key: Option<&str>,
 ) -> Result<Payment> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     let sql = format!(
         "insert into payments (id, tenant_id, invoice_id, amount_minor, currency, status, provider, idempotency_key) \
          values ($1, $2, $3, $4, $5, 'pending', $6, $7) returning {PAYMENT_COLUMNS}"
@@ -60,12 +64,13 @@ pub async fn insert_payment(
 /// Settles a pending payment; a succeeded one is added to its invoice, which is `paid` when
 /// fully paid. Returns the payment and whether the invoice became paid.
 pub async fn settle_payment(
-    conn: &mut PgConnection,
-    tenant: TenantId,
+    tx: &mut TenantTx,
     payment: Uuid,
     provider_ref: &str,
     failure: Option<&str>,
 ) -> Result<(Payment, bool)> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     let sql = format!(
         "update payments set status = $3, provider_ref = $4, failure_message = $5, updated_at = now() \
          where tenant_id = $1 and id = $2 and status = 'pending' returning {PAYMENT_COLUMNS}"
@@ -100,7 +105,9 @@ pub async fn settle_payment(
 }
 
 /// Amount due on the tenant's open invoices, in minor units.
-pub async fn balance_due(conn: &mut PgConnection, tenant: TenantId) -> Result<i64> {
+pub async fn balance_due(tx: &mut TenantTx) -> Result<i64> {
+    let tenant = tx.tenant();
+    let conn: &mut PgConnection = tx;
     Ok(sqlx::query_scalar(
         "select coalesce(sum(total_minor - amount_paid_minor), 0)::bigint from invoices \
          where tenant_id = $1 and status = 'open'",
