@@ -43,6 +43,9 @@ pub struct Config {
     pub prometheus_enabled: bool,
     pub body_limit_bytes: usize,
     pub request_timeout: Duration,
+    /// A hot-path request slower than this is logged (at warn) although its access log is at
+    /// debug level.
+    pub slow_request: Duration,
     pub shutdown_timeout: Duration,
     pub jobs: JobSettings,
     pub mail: MailSettings,
@@ -287,6 +290,7 @@ impl Config {
             prometheus_enabled: env.parse_bool("PROMETHEUS_ENABLED", true)?,
             body_limit_bytes: 1024 * 1024,
             request_timeout: Duration::from_millis(env.parse_in("HTTP_REQUEST_TIMEOUT_MS", 30_000, 1..=600_000)?),
+            slow_request: Duration::from_millis(env.parse_in("HTTP_SLOW_REQUEST_MS", 100, 1..=600_000)?),
             shutdown_timeout: Duration::from_secs(env.parse_in("SHUTDOWN_TIMEOUT_SECS", 30, 0..=3600)?),
             jobs: JobSettings {
                 concurrency: env.parse_in("WORKER_CONCURRENCY", 4, 1..=256)?,

@@ -246,3 +246,60 @@ async fn no_secret_reaches_the_api_or_worker_log_even_at_debug() {
         }
     }
 }
+
+/// At Compose's settings (`RUST_LOG=info`, JSON), the hot internal routes write no access line,
+/// the public API still does, and a hot request slower than `HTTP_SLOW_REQUEST_MS` is logged.
+#[tokio::test]
+async fn hot_routes_cost_no_log_line_at_the_default_level_but_slow_ones_are_logged() {
+    use tenant_domain::TenantStatus;
+    let app = TestApp::spawn().await;
+    let tenant = app.insert_tenant("Hot Path", "hot-path", "pro", TenantStatus::Active).await;
+    app.insert_quotas_from_plan(&tenant).await;
+    let log = std::path::PathBuf::from(tenant_tests::scratch_dir("hotlog")).join("api.log");
+    // 1 ms: the first check of a tenant (its state read from PostgreSQL into Redis) is slower.
+    let settings = [("RUST_LOG", "info".to_owned()), ("HTTP_SLOW_REQUEST_MS", "1".to_owned())];
+    let (_api, base) = start_api_process(&app, &settings, &log).await;
+    let check = format!("{base}/internal/tenants/{}/quota-check", tenant.id);
+    for _ in 0..50 {
+        let res = app
+            .client
+            .post(&check)
+            .header("x-service-token", tenant_tests::SERVICE_TOKEN)
+            .json(&json!({ "resource": "api_calls", "consume": true }))
+            .send()
+            .await
+            .expect("check");
+        assert!(res.status().is_success(), "{}", res.status());
+    }
+    let context = format!("{base}/internal/tenants/{}/context", tenant.id);
+    let res =
+        app.client.get(&context).header("x-service-token", tenant_tests::SERVICE_TOKEN).send().await.expect("ctx");
+    assert!(res.status().is_success());
+    let res =
+        app.client.get(format!("{base}/api/v1/tenants")).bearer_auth(app.admin_token()).send().await.expect("list");
+    assert!(res.status().is_success());
+    // The process writes its log asynchronously; the public request's line is the last to come.
+    let until = Instant::now() + Duration::from_secs(10);
+    while lines_with(&log, "\"/api/v1/tenants\"").is_empty() {
+        assert!(
+            Instant::now() < until,
+            "the public request was not logged: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hot = lines_with(&log, "quota-check");
+    let slow: Vec<&Value> = hot.iter().filter(|l| l["message"] == json!("slow request")).collect();
+    assert!(!slow.is_empty(), "the cold first check is logged as slow: {hot:?}");
+    assert!(slow.iter().all(|l| l["level"] == json!("WARN")), "{slow:?}");
+    assert!(
+        hot.len() < 50 && hot.iter().all(|l| l["message"] == json!("slow request")),
+        "hot checks are not access-logged at info: {} lines, e.g. {:?}",
+        hot.len(),
+        hot.first()
+    );
+    assert!(
+        lines_with(&log, "/context").iter().all(|l| l["message"] != json!("request")),
+        "the context read is not access-logged at info"
+    );
+}

@@ -136,8 +136,9 @@ impl Metrics {
     }
 }
 
-/// Records every request's count and duration and every error's code, and logs each request
-/// (health checks and scrapes at debug level only).
+/// Records every request's count and duration and every error's code, and logs each request:
+/// at info, but health checks, scrapes and the hot routes ([`super::HOT_ROUTES`]) at debug — a
+/// hot request that fails (5xx) or is slower than `HTTP_SLOW_REQUEST_MS` is logged at error/warn.
 pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -153,7 +154,16 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         m.errors.with_label_values(&[code]).inc();
     }
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
-    if matches!(route, "/health" | "/api/v1/health" | "/metrics") {
+    if super::is_hot(route) {
+        // The hot path: an access line at debug only; what an operator must see stays visible.
+        if status.is_server_error() {
+            tracing::error!(%method, %route, status = status.as_u16(), latency_ms, "request failed");
+        } else if elapsed >= state.config.slow_request {
+            tracing::warn!(%method, %route, status = status.as_u16(), latency_ms, "slow request");
+        } else {
+            tracing::debug!(%method, %route, status = status.as_u16(), latency_ms, "request");
+        }
+    } else if matches!(route, "/health" | "/api/v1/health" | "/metrics") {
         tracing::debug!(%method, %route, status = status.as_u16(), latency_ms, "request");
     } else {
         tracing::info!(%method, %route, status = status.as_u16(), latency_ms, "request");

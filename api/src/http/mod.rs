@@ -118,10 +118,39 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The routes other services call on their own hot path, thousands of times a second. At the
+/// default level they cost no log line and no span (errors and slow ones are still logged, see
+/// `metrics::track`, and every request is in the Prometheus histogram); `RUST_LOG=debug` brings
+/// both back.
+pub const HOT_ROUTES: [&str; 6] = [
+    "/internal/tenants/{id}/quota-check",
+    "/internal/tenants/{id}/usage",
+    "/internal/tenants/{id}/context",
+    "/internal/tenants/{id}/features",
+    "/internal/tenants/validate",
+    "/livez",
+];
+
+pub fn is_hot(route: &str) -> bool {
+    HOT_ROUTES.contains(&route)
+}
+
+// `tenant_id` is filled in once the request is authorized for a tenant (the `access` gate),
+// `service` once an internal call's service token is (`auth::require_service_token`).
 fn make_span(request: &Request) -> tracing::Span {
+    let hot = request.extensions().get::<axum::extract::MatchedPath>().is_some_and(|p| is_hot(p.as_str()));
+    if hot {
+        // Disabled at the default level: no fields are formatted, nothing is allocated.
+        return tracing::debug_span!(
+            "http",
+            method = %request.method(),
+            path = %request.uri().path(),
+            request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            tenant_id = tracing::field::Empty,
+            service = tracing::field::Empty
+        );
+    }
     let request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-    // `tenant_id` is filled in once the request is authorized for a tenant (`AuthUser::authorize`),
-    // `service` once an internal call's service token is (`auth::require_service_token`).
     tracing::info_span!(
         "http",
         method = %request.method(),

@@ -2,7 +2,7 @@
 //! wrk, against a release `tenant-api` process — served from the two-level cache — and, in the
 //! same run with the same settings, the same server's static `GET /livez`.
 
-use crate::processes::{self, spawn};
+use crate::processes::{self, spawn_logged};
 use crate::quota::{Load, cycling_script, run_wrk, wrk_get};
 use tenant_tests::SERVICE_TOKEN;
 
@@ -10,10 +10,18 @@ const TENANTS: usize = 100;
 
 pub async fn run(seconds: u64) -> anyhow::Result<()> {
     println!("context read: {TENANTS} tenants, 64 connections, {seconds} s per run, wrk -t2");
-    let (database_url, env, port) = processes::api_env().await?;
-    let db = sqlx::PgPool::connect(&database_url).await?;
+    let (_, env, port) = processes::api_env().await?;
+    let config = tenant_domain::Config::from_lookup(|k| env.get(k).cloned())?;
+    let db = tenant_domain::db::pool(&config)?;
     let ids = processes::seed_tenants(&db, "pro", TENANTS, "ctx", true).await?;
-    let _api = spawn("tenant-api", &["serve"], &env)?;
+    let log = std::env::temp_dir().join(format!("tenant-bench-context-{}.log", uuid::Uuid::new_v4().simple()));
+    println!(
+        "API settings: RUST_LOG={} LOG_FORMAT={} (as Compose), log in {}",
+        env["RUST_LOG"],
+        env["LOG_FORMAT"],
+        log.display()
+    );
+    let _api = spawn_logged("tenant-api", &["serve"], &env, &log)?;
     let base = format!("http://127.0.0.1:{port}");
     processes::wait_ready(&format!("{base}/health")).await?;
 

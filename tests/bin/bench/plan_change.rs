@@ -25,11 +25,9 @@ pub async fn run() -> anyhow::Result<()> {
     println!(
         "plan change: {TENANTS} tenants change basic → pro at once, {WORKERS} tenant-worker processes × concurrency {concurrency}"
     );
-    let (database_url, mut env, port) = processes::api_env().await?;
+    let (_, mut env, port) = processes::api_env().await?;
     env.insert("WORKER_CONCURRENCY".into(), concurrency.to_string());
     env.insert("TENANT_DB_POOL_SIZE".into(), "20".into());
-    env.insert("RUST_LOG".into(), "info".into());
-    env.insert("LOG_FORMAT".into(), "json".into());
     let log = std::path::Path::new(&tenant_tests::scratch_dir("bench")).join("service.log");
     sagas::production_timings(&mut env);
     let api = spawn_logged("tenant-api", &["serve"], &env, &log)?;
@@ -38,7 +36,7 @@ pub async fn run() -> anyhow::Result<()> {
     let workers: Vec<_> =
         (0..WORKERS).map(|_| spawn_logged("tenant-worker", &[], &env, &log)).collect::<Result<_, _>>()?;
     let config = Config::from_lookup(|k| env.get(k).cloned())?;
-    let db = sqlx::PgPool::connect(&database_url).await?;
+    let db = tenant_domain::db::pool(&config)?;
     let token = crate::provision::admin_token(&config)?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(TENANTS).build()?;
 

@@ -59,7 +59,8 @@ pub async fn wait_ready(url: &str) -> anyhow::Result<()> {
     anyhow::bail!("{url} did not become ready")
 }
 
-/// A fresh database, and the environment of an API process for it on a free local port.
+/// A fresh database, and the environment of an API process for it on a free local port, with
+/// Compose's log settings.
 pub async fn api_env() -> anyhow::Result<(String, HashMap<String, String>, u16)> {
     let database_url = tenant_tests::fresh_database().await?;
     let mut env = tenant_tests::test_env(&database_url);
@@ -67,7 +68,9 @@ pub async fn api_env() -> anyhow::Result<(String, HashMap<String, String>, u16)>
     for (k, v) in [
         ("SERVICE_HOST", "127.0.0.1".to_string()),
         ("SERVICE_PORT", port.to_string()),
-        ("RUST_LOG", "error".to_string()),
+        // What Compose runs the service with (docker-compose.yml): the figures are what users get.
+        ("RUST_LOG", "info".to_string()),
+        ("LOG_FORMAT", "json".to_string()),
     ] {
         env.insert(k.into(), v);
     }

@@ -3,7 +3,7 @@
 //! the same 100 sagas run by the engine in-process with the same total concurrency, without
 //! HTTP, Redis delivery or a second process — the cost of the work itself.
 
-use crate::processes::{self, spawn};
+use crate::processes::{self, spawn_logged};
 use crate::sagas;
 use crate::stats::ms;
 use serde_json::json;
@@ -22,16 +22,19 @@ pub async fn run() -> anyhow::Result<()> {
     );
 
     // ---- the service, as deployed: API process + worker processes
-    let (database_url, mut env, port) = processes::api_env().await?;
+    let (_, mut env, port) = processes::api_env().await?;
     env.insert("WORKER_CONCURRENCY".into(), concurrency.to_string());
     env.insert("TENANT_DB_POOL_SIZE".into(), "20".into());
     sagas::production_timings(&mut env);
-    let _api = spawn("tenant-api", &["serve"], &env)?;
+    let log = std::env::temp_dir().join(format!("tenant-bench-provision-{}.log", uuid::Uuid::new_v4().simple()));
+    println!("service settings: RUST_LOG=info LOG_FORMAT=json (as Compose), log in {}", log.display());
+    let _api = spawn_logged("tenant-api", &["serve"], &env, &log)?;
     let base = format!("http://127.0.0.1:{port}");
     processes::wait_ready(&format!("{base}/health")).await?;
-    let _workers: Vec<_> = (0..WORKERS).map(|_| spawn("tenant-worker", &[], &env)).collect::<Result<_, _>>()?;
+    let _workers: Vec<_> =
+        (0..WORKERS).map(|_| spawn_logged("tenant-worker", &[], &env, &log)).collect::<Result<_, _>>()?;
     let config = Config::from_lookup(|k| env.get(k).cloned())?;
-    let db = sqlx::PgPool::connect(&database_url).await?;
+    let db = tenant_domain::db::pool(&config)?;
     let token = admin_token(&config)?;
 
     let client = reqwest::Client::builder().pool_max_idle_per_host(TENANTS).build()?;
