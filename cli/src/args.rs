@@ -19,7 +19,7 @@ Configuration: flags override TENANT_API_URL / TENANT_API_TOKEN, which override 
 Exit codes: 0 ok; 1 refused by the API, failed, or a waited job that failed; 2 usage.";
 
 #[derive(Debug, Parser)]
-#[command(name = "tenantctl", version, about = "Command-line client of the tenant management API", after_help = EXAMPLES)]
+#[command(name = "tenantctl", bin_name = "tenantctl", version, about = "Command-line client of the tenant management API", after_help = EXAMPLES)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,

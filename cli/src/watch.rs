@@ -146,7 +146,10 @@ fn step_line(step: &Value, name: &str, status: &str, width: usize) -> String {
             format!("  ✓ {name:<width$}  {took}")
         }
         "failed" => format!("  ✗ {name:<width$}  failed: {}", output::text(&step["error"])),
-        _ => format!("  ↺ {name:<width$}  compensated"),
+        _ => match step["error"].as_str() {
+            Some(error) => format!("  ↺ {name:<width$}  compensated after: {error}"),
+            None => format!("  ↺ {name:<width$}  compensated"),
+        },
     }
 }
 

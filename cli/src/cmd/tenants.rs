@@ -202,7 +202,7 @@ async fn accepted(ctx: &Ctx, data: Value, wait: &WaitArgs) -> Result<()> {
         ctx.out.json(&json!({ "tenant": now, "job": done }));
     } else {
         println!("{}", job_finished(&done));
-        if let Some(backup) = done["result"]["backupId"].as_str() {
+        if let (Some("delete_tenant"), Some(backup)) = (done["kind"].as_str(), done["result"]["backupId"].as_str()) {
             println!("backup {backup} (restore: tenantctl tenants restore --backup {backup})");
         }
         println!("tenant {} ({}) is {}", text(&now["slug"]), text(&now["id"]), text(&now["status"]));
