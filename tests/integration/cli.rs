@@ -177,7 +177,7 @@ async fn jobs_watch_on_a_finished_job_exits_0() {
 }
 
 #[tokio::test]
-async fn refused_actions_exit_1_with_the_apis_code_and_message() {
+async fn refusals_exit_1_with_the_apis_code_and_message_and_allowed_moves_exit_0() {
     let app = TestApp::spawn().await;
     let live = app.insert_tenant("Live", "live", "basic", TenantStatus::Active).await;
     app.insert_quotas_from_plan(&live).await;
@@ -213,6 +213,28 @@ async fn refused_actions_exit_1_with_the_apis_code_and_message() {
     let run = tenantctl(&app, &member, &["quota", "check", "live", "users", "--amount", "1000000000"]).await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("QUOTA_EXCEEDED") && run.stderr.contains("1000000000 requested"), "{run:?}");
+
+    // What the member may do: read the tenant and its usage.
+    let run = tenantctl(&app, &member, &["quota", "usage", "live"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let header = run.stdout.lines().next().expect("header");
+    assert!(header.starts_with("RESOURCE") && header.contains("REMAINING"), "{run:?}");
+    assert!(run.stdout.lines().any(|l| l.starts_with("users ") && l.contains(" 25 ")), "{run:?}");
+    let run = tenantctl(&app, &member, &["--json", "quota", "usage", "live", "--history"]).await;
+    assert!(run.json()["current"].as_array().is_some_and(|c| c.len() == 8), "{run:?}");
+    let run = tenantctl(&app, &member, &["tenants", "get", "live"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("Basic (basic)") && run.stdout.contains("features on"), "{run:?}");
+
+    // What the admin may: suspend (quota checks denied at once), then reactivate.
+    let run = tenantctl(&app, &admin, &["tenants", "suspend", "live", "--reason", "cli test"]).await;
+    assert_eq!((run.code, run.stdout.trim_end().ends_with("is suspended")), (0, true), "{run:?}");
+    let run = tenantctl(&app, &member, &["quota", "check", "live", "api_calls"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("TENANT_NOT_ACTIVE"), "{run:?}");
+    let run = tenantctl(&app, &admin, &["tenants", "reactivate", "live"]).await;
+    assert_eq!((run.code, run.stdout.trim_end().ends_with("is active")), (0, true), "{run:?}");
+    assert_eq!(status(&app, "live").await, json!("active"));
 }
 
 #[tokio::test]
