@@ -106,15 +106,64 @@ pub struct ContextStore {
     prefix: String,
     ttl_secs: u64,
     cas: redis::Script,
+    /// The batcher of version reads, when a runtime was there to run it.
+    versions: Option<tokio::sync::mpsc::UnboundedSender<VersionRead>>,
+}
+
+/// A version key to read and where its value goes.
+type VersionRead = (String, tokio::sync::oneshot::Sender<std::result::Result<Option<String>, String>>);
+
+/// Most keys one `MGET` asks for.
+const VERSION_BATCH: usize = 256;
+
+/// Serves the version reads of concurrent requests with one `MGET` per batch instead of one `GET`
+/// each. Only requests queued *before* a batch is sent are in it, so every read still asks Redis
+/// after it began: the very next read after a change sees the change, as with a `GET` of its own.
+/// One batch is in flight at a time; reads arriving meanwhile form the next one.
+async fn batch_versions(mut conn: ConnectionManager, mut queue: tokio::sync::mpsc::UnboundedReceiver<VersionRead>) {
+    let mut batch: Vec<VersionRead> = Vec::with_capacity(64);
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.len() < VERSION_BATCH {
+            match queue.try_recv() {
+                Ok(read) => batch.push(read),
+                Err(_) => break,
+            }
+        }
+        let mut mget = redis::cmd("MGET");
+        for (key, _) in &batch {
+            mget.arg(key);
+        }
+        match mget.query_async::<Vec<Option<String>>>(&mut conn).await {
+            Ok(values) if values.len() == batch.len() => {
+                for ((_, reply), value) in batch.drain(..).zip(values) {
+                    let _ = reply.send(Ok(value));
+                }
+            }
+            Ok(_) => batch.drain(..).for_each(|(_, reply)| drop(reply.send(Err("MGET answered a wrong count".into())))),
+            Err(err) => {
+                let message = err.to_string();
+                batch.drain(..).for_each(|(_, reply)| drop(reply.send(Err(message.clone()))));
+            }
+        }
+    }
 }
 
 impl ContextStore {
+    /// Inside a Tokio runtime, version reads go through a batcher task (which ends with the
+    /// last clone of this store).
     pub fn new(config: &Config, conn: ConnectionManager) -> Self {
+        let versions = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            runtime.spawn(batch_versions(conn.clone(), rx));
+            tx
+        });
         Self {
             conn,
             prefix: config.redis_key_prefix.clone(),
             ttl_secs: config.tenant_config_ttl.as_secs().max(1),
             cas: redis::Script::new(CAS_SET),
+            versions,
         }
     }
 
@@ -140,6 +189,16 @@ impl ContextStore {
     /// The tenant's current context version (bumped by every invalidation).
     pub async fn version(&self, id: TenantId) -> redis::RedisResult<String> {
         let (_, ver_key) = self.keys(id);
+        if let Some(versions) = &self.versions {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            if versions.send((ver_key.clone(), reply)).is_ok() {
+                return match answer.await {
+                    Ok(Ok(version)) => Ok(version.unwrap_or_else(|| "0".into())),
+                    Ok(Err(message)) => Err((redis::ErrorKind::Io, "context version read failed", message).into()),
+                    Err(_) => Err((redis::ErrorKind::Io, "context version batcher stopped").into()),
+                };
+            }
+        }
         let mut conn = self.conn.clone();
         let version: Option<String> = redis::cmd("GET").arg(ver_key).query_async(&mut conn).await?;
         Ok(version.unwrap_or_else(|| "0".into()))
