@@ -15,6 +15,7 @@ COPY domain domain
 COPY jobs jobs
 COPY api api
 COPY worker worker
+COPY cli cli
 COPY tests tests
 COPY migrations migrations
 # Cache mounts (BuildKit) keep the registry and target between builds; the binaries are copied

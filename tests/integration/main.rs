@@ -4,6 +4,7 @@ mod auth;
 mod billing;
 mod billing_stripe;
 mod billing_webhooks;
+mod cli;
 mod console;
 mod envelope;
 mod events;

@@ -132,12 +132,13 @@ pub async fn rate_limit(State(state): State<AppState>, request: Request, next: N
 /// part: it is the caller's say-so.
 #[derive(Debug, Clone)]
 pub struct ServiceCaller {
-    pub name: String,
+    /// Shared with the token's configuration: naming the caller allocates nothing per request.
+    pub name: std::sync::Arc<str>,
 }
 
 impl ServiceCaller {
     pub fn actor(&self) -> Actor {
-        Actor::Service(self.name.clone())
+        Actor::Service(self.name.to_string())
     }
 }
 
@@ -151,12 +152,12 @@ pub async fn require_service_token(
     let presented = request.headers().get("x-service-token").and_then(|v| v.to_str().ok());
     let name = match presented {
         Some(token) => match state.tokens.service_name(token) {
-            Some(name) => name.to_owned(),
+            Some(name) => name.clone(),
             None => return Err(ApiError::unauthorized("invalid service token")),
         },
         None => return Err(ApiError::unauthorized("missing X-Service-Token header")),
     };
-    tracing::Span::current().record("service", name.as_str());
+    tracing::Span::current().record("service", &*name);
     request.extensions_mut().insert(ServiceCaller { name });
     Ok(next.run(request).await)
 }

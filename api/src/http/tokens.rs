@@ -68,7 +68,7 @@ pub struct TokenVerifier {
     /// `iss` and `aud` stamped on signed tokens, when configured.
     stamp: Vec<(&'static str, String)>,
     /// SHA-256 of each service token, with the name it carries.
-    service_tokens: Vec<([u8; 32], String)>,
+    service_tokens: Vec<([u8; 32], std::sync::Arc<str>)>,
 }
 
 /// What one key made of a token.
@@ -113,7 +113,7 @@ impl TokenVerifier {
             rs256_validation: validation(Algorithm::RS256),
             es256_validation: validation(Algorithm::ES256),
             stamp,
-            service_tokens: config.service_tokens.iter().map(|t| (digest(t.token.expose()), t.name.clone())).collect(),
+            service_tokens: config.service_tokens.iter().map(|t| (digest(t.token.expose()), t.name.as_str().into())).collect(),
         }
     }
 
@@ -168,7 +168,7 @@ impl TokenVerifier {
 
     /// The name of the service whose token this is. Every configured token is compared, in
     /// constant time, whichever matches.
-    pub fn service_name(&self, presented: &str) -> Option<&str> {
+    pub fn service_name(&self, presented: &str) -> Option<&std::sync::Arc<str>> {
         let presented = digest(presented);
         let mut found = subtle::Choice::from(0u8);
         let mut index = 0u64;
@@ -178,7 +178,7 @@ impl TokenVerifier {
             index.conditional_assign(&(i as u64), equal);
         }
         let found: bool = found.into();
-        found.then(|| self.service_tokens.get(index as usize).map(|(_, name)| name.as_str())).flatten()
+        found.then(|| self.service_tokens.get(index as usize).map(|(_, name)| name)).flatten()
     }
 }
 
