@@ -113,7 +113,11 @@ impl TokenVerifier {
             rs256_validation: validation(Algorithm::RS256),
             es256_validation: validation(Algorithm::ES256),
             stamp,
-            service_tokens: config.service_tokens.iter().map(|t| (digest(t.token.expose()), t.name.as_str().into())).collect(),
+            service_tokens: config
+                .service_tokens
+                .iter()
+                .map(|t| (digest(t.token.expose()), t.name.as_str().into()))
+                .collect(),
         }
     }
 
