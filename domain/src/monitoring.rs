@@ -75,6 +75,27 @@ pub async fn job_counts(db: impl sqlx::PgExecutor<'_>, tenant: Option<TenantId>)
     Ok(counts)
 }
 
+/// [`JobCounts`] per job kind (`provision_tenant`, `change_plan`, …), over all tenants and the
+/// platform's own jobs.
+pub async fn job_counts_by_kind(db: &PgPool) -> Result<BTreeMap<String, JobCounts>> {
+    let rows: Vec<(String, String, bool, i64)> = sqlx::query_as(
+        "select kind, status::text, finished_at is null, count(*) from jobs \
+         where finished_at is null or finished_at > now() - interval '24 hours' \
+         group by 1, 2, 3",
+    )
+    .fetch_all(db)
+    .await?;
+    let mut by_kind: BTreeMap<String, JobCounts> = BTreeMap::new();
+    for (kind, status, open, n) in rows {
+        let counts = by_kind
+            .entry(kind)
+            .or_insert_with(|| JobCounts { open: BTreeMap::new(), finished_last_24_hours: BTreeMap::new() });
+        let into = if open { &mut counts.open } else { &mut counts.finished_last_24_hours };
+        *into.entry(status).or_default() += n;
+    }
+    Ok(by_kind)
+}
+
 /// Outbox events not yet published to the stream (the relay is behind or Redis is down).
 pub async fn unpublished_events(db: &PgPool) -> Result<i64> {
     Ok(sqlx::query_scalar("select count(*) from outbox_events where published_at is null").fetch_one(db).await?)

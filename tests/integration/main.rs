@@ -5,6 +5,7 @@ mod billing;
 mod billing_stripe;
 mod billing_webhooks;
 mod cli;
+mod console;
 mod envelope;
 mod events;
 mod faults;

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod billing;
 pub mod billing_webhook;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod features;
@@ -98,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .merge(internal)
         .merge(operations)
         .merge(openapi::routes())
+        .merge(console::routes())
         .fallback(|| async { ApiError::route_not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(

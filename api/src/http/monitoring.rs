@@ -30,6 +30,8 @@ const HEADROOM_PERCENT: f64 = 95.0;
 pub struct ServiceMetrics {
     pub tenants: TenantCounts,
     pub jobs: JobCounts,
+    /// The same counts per job kind.
+    pub jobs_by_kind: BTreeMap<String, JobCounts>,
     /// Job deliveries waiting in Redis (null when Redis is unreachable).
     pub queue_depth: Option<u64>,
     /// Outbox events not yet on the `tenant-events` stream.
@@ -56,18 +58,20 @@ pub struct ProcessMetrics {
 }
 
 #[utoipa::path(get, path = "/api/v1/metrics", tag = "operations", security(("bearer" = [])),
-    responses((status = 200, description = "Tenants by status and plan, jobs, queue and outbox backlog, and this process's figures", body = inline(Envelope<ServiceMetrics>)),
+    responses((status = 200, description = "Tenants by status and plan, jobs (in all and per kind), queue and outbox backlog, and this process's figures", body = inline(Envelope<ServiceMetrics>)),
               (status = 403, description = "Platform admins only", body = super::error::ErrorBody)))]
 pub async fn service(State(state): State<AppState>, _platform: PlatformUser) -> Result<Response> {
-    let (tenants, jobs, unpublished_events) = tokio::try_join!(
+    let (tenants, jobs, jobs_by_kind, unpublished_events) = tokio::try_join!(
         monitoring::tenant_counts(&state.db),
         monitoring::job_counts(&state.db, None),
+        monitoring::job_counts_by_kind(&state.db),
         monitoring::unpublished_events(&state.db),
     )?;
     let queue_depth = tokio::time::timeout(Duration::from_secs(1), state.queue.depth()).await.ok().and_then(|r| r.ok());
     Ok(response::ok(ServiceMetrics {
         tenants,
         jobs,
+        jobs_by_kind,
         queue_depth,
         unpublished_events,
         process: process_metrics(&state),
