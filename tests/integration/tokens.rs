@@ -215,7 +215,8 @@ async fn a_service_is_named_by_its_token_not_by_the_header_it_sends() {
     let t = app.insert_tenant("Named", "named", "basic", TenantStatus::Active).await;
     let dir = std::path::PathBuf::from(tenant_tests::scratch_dir("tokens"));
     let log = dir.join("api.log");
-    let (_api, base) = crate::logs::start_api_process(&app, &[], &log).await;
+    // `validate` is a hot route: its access line and span are at debug level.
+    let (_api, base) = crate::logs::start_api_process(&app, &[("RUST_LOG", "debug".into())], &log).await;
 
     let call = |token: &str, claimed: Option<&str>, request_id: &str| {
         let mut req = app
