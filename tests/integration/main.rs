@@ -13,6 +13,7 @@ mod logs;
 mod monitoring;
 mod operations;
 mod plans;
+mod quota_cluster;
 mod quotas;
 mod recovery;
 mod retention;

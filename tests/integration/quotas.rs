@@ -16,13 +16,13 @@ use tenant_tests::{SERVICE_TOKEN, TestApp};
 
 const API: &str = env!("CARGO_BIN_EXE_api-under-test");
 
-async fn active_tenant(app: &TestApp, slug: &str) -> Tenant {
+pub(crate) async fn active_tenant(app: &TestApp, slug: &str) -> Tenant {
     let t = app.insert_tenant(&format!("Tenant {slug}"), slug, "basic", TenantStatus::Active).await;
     app.insert_quotas_from_plan(&t).await;
     t
 }
 
-async fn set_limit(app: &TestApp, tenant: &Tenant, resource: &str, limit: i64) {
+pub(crate) async fn set_limit(app: &TestApp, tenant: &Tenant, resource: &str, limit: i64) {
     let (status, body) = app
         .call(
             Method::PUT,
@@ -34,7 +34,7 @@ async fn set_limit(app: &TestApp, tenant: &Tenant, resource: &str, limit: i64) {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
-async fn internal(client: &reqwest::Client, base: &str, path: &str, body: Value) -> (StatusCode, Value) {
+pub(crate) async fn internal(client: &reqwest::Client, base: &str, path: &str, body: Value) -> (StatusCode, Value) {
     let res = client
         .post(format!("{base}{path}"))
         .header("x-service-token", SERVICE_TOKEN)
@@ -46,14 +46,20 @@ async fn internal(client: &reqwest::Client, base: &str, path: &str, body: Value)
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
-async fn check(app: &TestApp, tenant: &Tenant, resource: &str, amount: i64, consume: bool) -> (StatusCode, Value) {
+pub(crate) async fn check(
+    app: &TestApp,
+    tenant: &Tenant,
+    resource: &str,
+    amount: i64,
+    consume: bool,
+) -> (StatusCode, Value) {
     let body = json!({ "resource": resource, "amount": amount, "consume": consume });
     internal(&app.client, &app.url(""), &format!("/internal/tenants/{}/quota-check", tenant.id), body).await
 }
 
 /// Fires `n` concurrent consumes of 1, spread in turn over `bases`; returns how many each
 /// base allowed.
-async fn consume_across(
+pub(crate) async fn consume_across(
     client: &reqwest::Client,
     bases: &[&str],
     tenant: &Tenant,
@@ -80,7 +86,7 @@ async fn consume_across(
     allowed
 }
 
-async fn consume_concurrently(
+pub(crate) async fn consume_concurrently(
     client: &reqwest::Client,
     base: &str,
     tenant: &Tenant,
@@ -214,7 +220,7 @@ async fn gauges_go_up_and_down_and_counters_only_up() {
     assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("TENANT_NOT_FOUND")));
 }
 
-async fn threshold_events(app: &TestApp, tenant: &Tenant) -> Vec<Value> {
+pub(crate) async fn threshold_events(app: &TestApp, tenant: &Tenant) -> Vec<Value> {
     let mut conn = app.state.redis.clone();
     let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(&app.env["EVENTS_STREAM"])
@@ -374,6 +380,44 @@ async fn redis_down_answers_503_in_bounded_time_or_fails_open_where_configured()
     let (status, body) = check(&app, &t, "bandwidth", 1, true).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["degraded"], json!(true));
+}
+
+/// Calls of `command` Redis has served (`INFO commandstats`).
+pub(crate) async fn command_calls(url: &str, command: &str) -> i64 {
+    let mut conn = redis::Client::open(url).expect("url").get_multiplexed_async_connection().await.expect("redis");
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.expect("info");
+    let line = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn one_evalsha_per_check_and_a_flushed_script_cache_is_reloaded() {
+    let redis = RedisServer::start().await.expect("redis-server");
+    let url = redis.url();
+    let app = TestApp::spawn_with(|env| {
+        env.insert("REDIS_URL".into(), url.clone());
+    })
+    .await;
+    let t = active_tenant(&app, "scripted").await;
+    assert_eq!(check(&app, &t, "api_calls", 1, true).await.0, StatusCode::OK); // loads the state
+    let before = command_calls(&url, "evalsha").await;
+    for used in 2..=11 {
+        let (status, body) = check(&app, &t, "api_calls", 1, true).await;
+        assert_eq!((status, body["data"]["used"].clone()), (StatusCode::OK, json!(used)));
+    }
+    assert_eq!(command_calls(&url, "evalsha").await - before, 10, "one round trip per check");
+
+    // Redis lost its scripts (a restart, SCRIPT FLUSH): the next check loads it again
+    let mut conn = redis::Client::open(url.as_str()).expect("url").get_multiplexed_async_connection().await.expect("c");
+    redis::cmd("SCRIPT").arg("FLUSH").query_async::<()>(&mut conn).await.expect("flush");
+    let loads = command_calls(&url, "script|load").await;
+    let (status, body) = check(&app, &t, "api_calls", 1, true).await;
+    assert_eq!((status, body["data"]["used"].clone()), (StatusCode::OK, json!(12)));
+    assert_eq!(command_calls(&url, "script|load").await - loads, 1);
 }
 
 #[tokio::test]
