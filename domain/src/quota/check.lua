@@ -22,8 +22,8 @@
 -- ARGV[6]  the reset period KEYS[2] and KEYS[3] are named for ("none" for a gauge); if the state
 --          says another, nothing is counted and the period is returned (code -4)
 -- ARGV[7], ARGV[8]  start and end of that window (0 and 0 for a gauge)
--- ARGV[9], ARGV[10]  mode "lease" only: the budget chunk wanted on top of the amount, and unused
---          budget of an earlier lease in this window to give back first
+-- ARGV[9], ARGV[10]  mode "lease" only: the budget wanted on top of the amount, and unused budget
+--          of an earlier lease of this very counter to give back first (whatever the outcome)
 --
 -- Returns {code, limit, used, reset_at, status, crossed, granted, replayed, events}:
 --   code 1 allowed, 0 denied, -1 no state for the tenant, -2 tenant not active (status), -3 no
@@ -49,6 +49,15 @@ local key = KEYS[2]
 local res, amount, mode = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local now = tonumber(ARGV[5])
 
+-- Budget an earlier lease of this counter left unused goes back first, whatever follows: it was
+-- taken from this very key, and the process no longer holds it.
+if mode == 'lease' then
+  local back = tonumber(ARGV[10]) or 0
+  if back > 0 and redis.call('EXISTS', key) == 1 and redis.call('DECRBY', key, back) < 0 then
+    redis.call('SET', key, 0, 'KEEPTTL')
+  end
+end
+
 local state = redis.call('HMGET', KEYS[1], 'status', 'l:' .. res, 'p:' .. res)
 local status, limit, period = state[1], state[2], state[3] or 'none'
 if not status then return {-1, 0, 0, 0, '', '', 0, 0, {}} end
@@ -72,13 +81,6 @@ if idem and mode ~= 'check' then
   end
 else
   idem = nil
-end
-
-if mode == 'lease' then
-  local back = tonumber(ARGV[10]) or 0
-  if back > 0 and redis.call('EXISTS', key) == 1 and redis.call('DECRBY', key, back) < 0 then
-    redis.call('SET', key, 0, 'KEEPTTL')
-  end
 end
 
 -- Consuming: count first, take it back if that went over (one write on the common path).

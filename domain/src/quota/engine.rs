@@ -29,6 +29,7 @@ use std::time::Duration;
 pub use super::mirror::{MirroredLimit, TenantQuotaState, load_state};
 
 const SCRIPT: &str = include_str!("check.lua");
+const GIVE_BACK: &str = include_str!("give_back.lua");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -38,8 +39,8 @@ pub enum Mode {
     Consume,
     /// Count usage that already happened (may exceed the limit; gauges may go down).
     Record,
-    /// Consume, and take `chunk` more as leased budget if far from the limit, after giving back
-    /// `give_back` left over from an earlier lease in this window.
+    /// Give back `give_back` left unused by an earlier lease of the same counter, then consume,
+    /// and take `chunk` more as leased budget if far from the limit.
     Lease { chunk: i64, give_back: i64 },
 }
 
@@ -50,6 +51,14 @@ impl Mode {
             Mode::Consume => "consume",
             Mode::Record => "record",
             Mode::Lease { .. } => "lease",
+        }
+    }
+
+    /// The same call once its give-back has been applied (the script applies it first).
+    fn given_back(self) -> Self {
+        match self {
+            Mode::Lease { chunk, .. } => Mode::Lease { chunk, give_back: 0 },
+            other => other,
         }
     }
 }
@@ -68,6 +77,8 @@ pub struct Decision {
     pub granted: i64,
     /// A repeat of an idempotency key: nothing was counted; `allowed` is the first decision.
     pub replayed: bool,
+    /// The counter key the decision was taken on (empty when served from a lease).
+    pub counter: String,
 }
 
 impl Decision {
@@ -117,8 +128,9 @@ pub struct QuotaEngine {
     conns: Vec<QuotaConn>,
     next: AtomicUsize,
     script: Script,
+    pub(super) give_back_script: Script,
     pub(super) keys: KeyLayout,
-    periods: Periods,
+    pub(super) periods: Periods,
     /// The events stream, on `REDIS_URL`.
     pub(super) stream: String,
     pub(super) stream_maxlen: u64,
@@ -131,20 +143,25 @@ pub struct QuotaEngine {
     pub(super) tombstone_ttl: Duration,
     /// Times the state of a tenant had to be read from PostgreSQL.
     pub state_loads: AtomicU64,
-    leases: Leases,
-    lease_resources: Vec<Resource>,
-    lease_chunk: i64,
+    pub(super) leases: Arc<Leases>,
+    pub(super) lease_resources: Vec<Resource>,
+    pub(super) lease_chunk: i64,
     /// Consumes answered from leased budget.
     pub leased_hits: AtomicU64,
+    /// Chunks of budget Redis granted to this process.
+    pub lease_grants: AtomicU64,
+    /// Unused leased budget this process gave back to Redis.
+    pub lease_given_back: Arc<AtomicU64>,
 }
 
 impl QuotaEngine {
     pub fn new(config: &Config, conns: Vec<QuotaConn>, relay: Option<ConnectionManager>) -> Arc<Self> {
         let cluster = conns.first().is_some_and(QuotaConn::is_cluster);
-        Arc::new(Self {
+        let engine = Arc::new(Self {
             conns,
             next: AtomicUsize::new(0),
             script: Script::new(&script_source(config)),
+            give_back_script: Script::new(GIVE_BACK),
             keys: KeyLayout::new(config.redis_key_prefix.clone(), cluster),
             periods: Periods::default(),
             stream: config.events_stream.clone(),
@@ -154,11 +171,19 @@ impl QuotaEngine {
             grace: config.quota.window_grace,
             tombstone_ttl: config.retention.tombstone,
             state_loads: AtomicU64::new(0),
-            leases: Leases::new(config.quota.lease_ttl),
+            leases: Arc::new(Leases::new(config.quota.lease_ttl)),
             lease_resources: config.quota.lease_resources.iter().filter_map(|r| Resource::parse(r)).collect(),
             lease_chunk: config.quota.lease_chunk,
             leased_hits: AtomicU64::new(0),
-        })
+            lease_grants: AtomicU64::new(0),
+            lease_given_back: Arc::new(AtomicU64::new(0)),
+        });
+        if !engine.lease_resources.is_empty()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(super::leased::sweep_expired_leases(Arc::downgrade(&engine), config.quota.lease_ttl));
+        }
+        engine
     }
 
     /// `conns` connections to the quota Redis (and one to `REDIS_URL` to relay threshold events,
@@ -209,12 +234,14 @@ impl QuotaEngine {
         idempotency_key: Option<&str>,
     ) -> Result<RawOutcome, QuotaError> {
         let mut period = self.periods.guess(tenant, resource);
+        let mut mode = mode;
         for _ in 0..3 {
             match self.evaluate_as(tenant, resource, period, amount, mode, now, idempotency_key).await? {
                 Reply::Raw(raw) => return Ok(raw),
                 Reply::OtherPeriod(actual) => {
                     self.periods.learn(tenant, resource, actual);
                     period = actual;
+                    mode = mode.given_back();
                 }
             }
         }
@@ -300,7 +327,7 @@ impl QuotaEngine {
         // One command built in place (a ScriptInvocation would copy every argument twice).
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.script.get_hash());
-        self.fill(&mut cmd, tenant, resource, period, amount, mode, now, idempotency_key);
+        let counter = self.fill(&mut cmd, tenant, resource, period, amount, mode, now, idempotency_key);
         let mut conn = self.conn();
         let call = async {
             match cmd.query_async(&mut conn).await {
@@ -328,6 +355,7 @@ impl QuotaEngine {
                 crossed: crossed.split(',').filter_map(|t| t.parse().ok()).collect(),
                 granted,
                 replayed: replayed == 1,
+                counter,
             }),
             -1 => RawOutcome::NoState,
             -2 if status == "unknown" => RawOutcome::Final(Outcome::UnknownTenant),
@@ -370,58 +398,12 @@ impl QuotaEngine {
             RawOutcome::NoState => {}
         }
         self.load_into_redis(db, tenant).await?;
-        match self.evaluate(tenant, resource, amount, mode, now, key).await? {
+        match self.evaluate(tenant, resource, amount, mode.given_back(), now, key).await? {
             RawOutcome::Decided(d) => Ok(Outcome::Decided(d)),
             RawOutcome::Final(o) => Ok(o),
             // Deleted between the two calls: treat as unknown rather than loop.
             RawOutcome::NoState => Ok(Outcome::UnknownTenant),
         }
-    }
-
-    /// A consuming check: served from leased budget when the resource is leased and a lease is
-    /// live, else one round trip (which may take a new lease).
-    /// With an idempotency key it always takes the exact path, so the key is honoured in Redis.
-    pub async fn consume(
-        &self,
-        db: &PgPool,
-        tenant: TenantId,
-        resource: Resource,
-        amount: i64,
-        key: Option<&str>,
-    ) -> Result<Outcome, QuotaError> {
-        if key.is_some() || !self.lease_resources.contains(&resource) {
-            return self.check_keyed(db, tenant, resource, amount, Mode::Consume, key).await;
-        }
-        let now = Utc::now();
-        let give_back = match self.leases.take(tenant, resource, amount, now.timestamp()) {
-            Ok(served) => {
-                self.leased_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(Outcome::Decided(Decision {
-                    allowed: true,
-                    limit: served.limit,
-                    used: served.used,
-                    reset_at: served.reset_at,
-                    crossed: Vec::new(),
-                    granted: 0,
-                    replayed: false,
-                }));
-            }
-            Err(left) => left,
-        };
-        let outcome =
-            self.check(db, tenant, resource, amount, Mode::Lease { chunk: self.lease_chunk, give_back }).await?;
-        if let Outcome::Decided(d) = &outcome
-            && d.granted > 0
-            && let Some(reset_at) = d.reset_at
-        {
-            self.leases.grant(tenant, resource, reset_at.timestamp(), d.limit, d.used, d.granted);
-        }
-        Ok(outcome)
-    }
-
-    /// Forgets this process's leases of the tenant (its status or limits changed).
-    pub fn drop_leases(&self, tenant: TenantId) {
-        self.leases.drop_tenant(tenant);
     }
 
     pub fn window_grace(&self) -> Duration {

@@ -6,6 +6,7 @@ pub mod engine;
 mod events;
 pub mod keys;
 pub mod lease;
+mod leased;
 mod mirror;
 pub mod rollup;
 pub mod store;
