@@ -14,6 +14,7 @@ mod monitoring;
 mod operations;
 mod plans;
 mod quota_cluster;
+mod quota_leases;
 mod quotas;
 mod recovery;
 mod retention;

@@ -1,14 +1,15 @@
 //! The quota engine on a real Redis Cluster (three masters started by the test, named by
 //! `QUOTA_REDIS_URL`), through the real API: consumes stay exact under racing requests, every key
 //! of a tenant lives in one slot, views, metrics reads and rollups read the counters, thresholds
-//! fire exactly once and reach the events stream on `REDIS_URL`, and a flushed script cache is
-//! loaded again.
+//! fire exactly once and reach the events stream on `REDIS_URL`, leased budget goes back exactly,
+//! and a flushed script cache is loaded again.
 
-use crate::quotas::{active_tenant, check, consume_across, set_limit, threshold_events};
+use crate::quotas::{active_tenant, check, consume_across, internal, set_limit, threshold_events};
 use chrono::Utc;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tenant_domain::quota::Period;
 use tenant_tests::redis_cluster::RedisCluster;
@@ -188,4 +189,38 @@ async fn thresholds_on_a_cluster_fire_exactly_once_and_reach_the_stream() {
     assert_eq!(left.len(), 1);
     assert!(left[0].contains("quota:in-flight"));
     assert_eq!(sink.mails().len(), 2, "{:?}", sink.mails());
+}
+
+#[tokio::test]
+async fn leased_budget_on_a_cluster_goes_back_exactly() {
+    let cluster = RedisCluster::start().await.expect("redis cluster");
+    let app = app_on(
+        &cluster,
+        &[("QUOTA_LEASE_RESOURCES", "api_calls"), ("QUOTA_LEASE_CHUNK", "50"), ("QUOTA_LEASE_MS", "60000")],
+    )
+    .await;
+    let t = active_tenant(&app, "cluster-leases").await;
+    set_limit(&app, &t, "api_calls", 1000).await;
+    let path = format!("/internal/tenants/{}/quota-check", t.id);
+    for _ in 0..5 {
+        let (status, _) =
+            internal(&app.client, &app.url(""), &path, json!({ "resource": "api_calls", "consume": true })).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert!(app.state.quota.leased_hits.load(Ordering::Relaxed) >= 4);
+    assert_eq!(check(&app, &t, "api_calls", 1, false).await.1["data"]["used"], json!(51), "5 served, 46 leased");
+    let (status, body) = app
+        .call(
+            Method::PUT,
+            &format!("/api/v1/tenants/{}/quotas", t.id),
+            Some(&app.admin_token()),
+            Some(json!({ "limits": { "api_calls": 1000 } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        check(&app, &t, "api_calls", 1, false).await.1["data"]["used"],
+        json!(5),
+        "given back before the answer"
+    );
 }
