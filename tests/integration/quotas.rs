@@ -302,6 +302,30 @@ async fn thresholds_fire_exactly_once_each_under_concurrency_and_mail_the_owner(
 }
 
 #[tokio::test]
+async fn counters_on_another_redis_relay_their_threshold_events_to_the_stream() {
+    let counters = RedisServer::start().await.expect("redis-server");
+    let url = counters.url();
+    let app = TestApp::spawn_with(|env| {
+        env.insert("QUOTA_REDIS_URL".into(), url.clone());
+    })
+    .await;
+    let t = active_tenant(&app, "elsewhere").await;
+    set_limit(&app, &t, "email_sends", 100).await;
+    assert_eq!(consume_concurrently(&app.client, &app.url(""), &t, "email_sends", 300).await, 100);
+    // the counters are on the other Redis, the events on REDIS_URL's stream, nothing left queued
+    let mut conn = redis::Client::open(url.as_str()).expect("url").get_multiplexed_async_connection().await.expect("c");
+    let counter = app.state.quota.counter_key(t.id, "email_sends", tenant_domain::quota::Period::Daily, Utc::now());
+    let counted: Option<i64> = redis::cmd("GET").arg(&counter).query_async(&mut conn).await.expect("get");
+    assert_eq!(counted, Some(100));
+    let thresholds: Vec<i64> =
+        threshold_events(&app, &t).await.iter().filter_map(|e| e["threshold"].as_i64()).collect();
+    assert_eq!(thresholds, [75, 90, 95]);
+    let queued: i64 =
+        redis::cmd("LLEN").arg(app.state.quota.keys().pending_events(t.id)).query_async(&mut conn).await.expect("llen");
+    assert_eq!(queued, 0);
+}
+
+#[tokio::test]
 async fn a_suspended_tenant_is_denied_at_once() {
     let app = TestApp::spawn().await;
     let t = active_tenant(&app, "flaky").await;
