@@ -279,8 +279,10 @@ pub async fn listen(
                 tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => continue, _ = stop.changed() => return }
             }
         };
-        // Whatever was published while we were not listening is lost: start afresh.
+        // Whatever was published while we were not listening is lost: start afresh (leased
+        // quota budget included: a limit may have changed; its unused rest goes back to Redis).
         cache.clear_local();
+        quota.release_all_leases().await;
         let mut messages = pubsub.on_message();
         loop {
             tokio::select! {
@@ -290,7 +292,8 @@ pub async fn listen(
                             match id {
                                 Ok(id) => {
                                     cache.drop_local(id);
-                                    // A status or limit change: leased quota budget goes too.
+                                    // A status or limit change: leased quota budget goes
+                                    // too, its unused rest back to Redis (in the background).
                                     quota.drop_leases(id);
                                 }
                                 Err(_) => cache.clear_local(),

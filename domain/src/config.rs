@@ -3,8 +3,10 @@
 //! in [`Secret`] so `Debug` can't print them, and are never echoed in an error.
 
 mod auth;
+mod quota_redis;
 
 pub use auth::{DEFAULT_SERVICE_NAME, JwksSettings, JwtSettings, PublicKey, ServiceToken};
+pub use quota_redis::QuotaRedis;
 
 use crate::secret::Secret;
 use std::fmt;
@@ -132,6 +134,8 @@ pub struct OutboundSettings {
 
 #[derive(Debug, Clone)]
 pub struct QuotaSettings {
+    /// Where the counters live (`QUOTA_REDIS_URL`): `REDIS_URL`, another Redis or a Redis Cluster.
+    pub redis: QuotaRedis,
     /// Redis connections the quota engine spreads its calls over.
     pub connections: usize,
     /// A quota call waiting longer on Redis answers 503 (or allows, for fail-open resources).
@@ -259,6 +263,9 @@ impl Config {
         if !redis_url.expose().starts_with("redis://") && !redis_url.expose().starts_with("rediss://") {
             return Err(ConfigError::new("REDIS_URL", "must be a redis:// or rediss:// URL"));
         }
+        let redis_key_prefix = env.get("REDIS_KEY_PREFIX").unwrap_or_else(|| "tenant:".into());
+        let quota_redis =
+            quota_redis::parse(env.get("QUOTA_REDIS_URL").as_deref(), redis_url.expose(), &redis_key_prefix)?;
         if let Some(tz) = env.get("USAGE_CALCULATION_TIMEZONE")
             && tz != "UTC"
         {
@@ -275,7 +282,7 @@ impl Config {
             db_pool_size,
             db_acquire_timeout: Duration::from_millis(env.parse_in("TENANT_DB_TIMEOUT", 2000, 1..=600_000)?),
             redis_url,
-            redis_key_prefix: env.get("REDIS_KEY_PREFIX").unwrap_or_else(|| "tenant:".into()),
+            redis_key_prefix,
             redis_response_timeout: Duration::from_millis(env.parse_in(
                 "REDIS_RESPONSE_TIMEOUT_MS",
                 2000,
@@ -337,6 +344,7 @@ impl Config {
                 dir: env.get("MAIL_DIR").unwrap_or_else(|| "data/mail".into()),
             },
             quota: QuotaSettings {
+                redis: quota_redis,
                 connections: env.parse_in("REDIS_CONNECTION_POOL_SIZE", 1, 1..=64)?,
                 timeout: Duration::from_millis(env.parse_in("QUOTA_TIMEOUT_MS", 500, 1..=60_000)?),
                 fail_open: env.list("QUOTA_FAIL_OPEN", crate::quota::Resource::ALL.map(|r| r.as_str()).as_slice())?,

@@ -1,20 +1,94 @@
 //! Redis: one multiplexed connection per process, with bounded timeouts so a dead Redis turns
 //! into a quick error instead of a hang, and the key prefix every key of this service carries.
+//! The quota counters may live elsewhere (`QUOTA_REDIS_URL`: another Redis or a Redis Cluster);
+//! [`QuotaConn`] is either kind behind one `ConnectionLike`.
 
+use crate::config::QuotaRedis;
 use crate::{Config, Result};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use std::time::Duration;
 
 /// A connection that connects (and reconnects) in the background: the API can start while Redis
 /// is unreachable and reports it through `/health`.
 pub fn connect(config: &Config) -> Result<ConnectionManager> {
-    let client = redis::Client::open(config.redis_url.expose().as_str())?;
+    connect_to(config.redis_url.expose(), config)
+}
+
+fn connect_to(url: &str, config: &Config) -> Result<ConnectionManager> {
+    let client = redis::Client::open(url)?;
     let manager_config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(config.redis_response_timeout))
         .set_connection_timeout(Some(config.redis_response_timeout))
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_millis(500));
     Ok(ConnectionManager::new_lazy_with_config(client, manager_config)?)
+}
+
+/// A connection to where the quota counters live: a single Redis or a Redis Cluster. Both
+/// multiplex, connect lazily and reconnect by themselves; the cluster one routes each command
+/// (and each pipeline, whose keys must share a slot) to the node owning its keys' slot.
+#[derive(Clone)]
+pub enum QuotaConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl QuotaConn {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, QuotaConn::Cluster(_))
+    }
+}
+
+/// A connection to the quota Redis (`QUOTA_REDIS_URL`, else `REDIS_URL`).
+pub fn connect_quota(config: &Config) -> Result<QuotaConn> {
+    Ok(match &config.quota.redis {
+        QuotaRedis::Shared => QuotaConn::Single(connect(config)?),
+        QuotaRedis::Single(url) => QuotaConn::Single(connect_to(url.expose(), config)?),
+        QuotaRedis::Cluster(nodes) => {
+            let timeout = config.redis_response_timeout;
+            let client = ClusterClientBuilder::new(nodes.expose().iter().map(String::as_str))
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(2)
+                .max_retry_wait(500)
+                .build()?;
+            let cluster_config = ClusterConfig::new().set_connection_timeout(timeout).set_response_timeout(timeout);
+            // Connects in the background, like the single-node connection: the API starts while
+            // the cluster is unreachable and its quota calls answer 503 until it is back.
+            QuotaConn::Cluster(client.get_pending_async_connection_with_config(cluster_config))
+        }
+    })
+}
+
+impl ConnectionLike for QuotaConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            QuotaConn::Single(c) => c.req_packed_command(cmd),
+            QuotaConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            QuotaConn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            QuotaConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            QuotaConn::Single(c) => c.get_db(),
+            QuotaConn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// Builds this deployment's Redis key names.

@@ -15,6 +15,8 @@ mod logs;
 mod monitoring;
 mod operations;
 mod plans;
+mod quota_cluster;
+mod quota_leases;
 mod quotas;
 mod recovery;
 mod retention;

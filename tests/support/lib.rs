@@ -11,6 +11,7 @@ pub mod jwks_peer;
 pub mod jwt_keys;
 pub mod localstripe;
 pub mod pg_server;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod s3_peer;
 pub mod smtp_sink;

@@ -329,11 +329,12 @@ pub async fn commit_and_mirror(state: &AppState, tx: TenantTx) -> Result<()> {
 }
 
 /// After a committed change to what the hot path or the context shows (status, limits): drop
-/// this process's leases, rewrite the tenant's quota state in Redis from the committed rows, and
-/// drop its cached context everywhere. Failures are logged: the next check reloads the state, and
-/// the change's outbox event invalidates the caches again.
+/// this process's leases (their unused budget goes back to Redis before this returns), rewrite
+/// the tenant's quota state in Redis from the committed rows, and drop its cached context
+/// everywhere — which makes every other replica drop its leases too. Failures are logged: the
+/// next check reloads the state, and the change's outbox event invalidates the caches again.
 pub async fn mirror_after_commit(state: &AppState, tenant: TenantId) {
-    state.quota.drop_leases(tenant);
+    state.quota.release_leases(tenant).await;
     if let Err(err) = state.quota.sync(&state.db, tenant).await {
         tracing::warn!(%tenant, error = %err, "could not mirror the change into Redis; the next check reloads it");
     }

@@ -3,7 +3,11 @@
 //! counters back into PostgreSQL ([`rollup`]).
 
 pub mod engine;
+mod events;
+pub mod keys;
 pub mod lease;
+mod leased;
+mod mirror;
 pub mod rollup;
 pub mod store;
 
@@ -55,6 +59,17 @@ impl Resource {
 
     pub fn parse(s: &str) -> Option<Resource> {
         Resource::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// The reset period this resource has in every seeded plan: the engine names a check's keys
+    /// for it, and learns the exceptions (a tenant whose plan says otherwise) from Redis.
+    pub fn usual_period(self) -> Period {
+        match self {
+            Resource::Users | Resource::Storage | Resource::Databases => Period::None,
+            Resource::ApiCalls | Resource::FileUploads | Resource::EmailSends => Period::Daily,
+            Resource::Bandwidth | Resource::ComputeHours => Period::Monthly,
+            Resource::ApiRate => Period::Minute,
+        }
     }
 
     /// Gauges (current amount held) go up and down and never reset; the others are counters.

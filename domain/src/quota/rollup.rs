@@ -4,7 +4,9 @@
 //!
 //! Idempotent: a rollup *sets* values read from Redis (it never adds), keyed by tenant, resource
 //! and hour, so running it twice for the same moment changes nothing. It also puts back the
-//! mirrored state of any tenant Redis lost.
+//! mirrored state of any tenant Redis lost, and relays threshold events whose relay to the events
+//! stream failed (counters not on `REDIS_URL`: see `quota::events`). Each tenant's counters are
+//! read in one pipeline (one slot on a Redis Cluster).
 
 use super::engine::{QuotaEngine, QuotaError, load_state};
 use super::{Period, window};
@@ -27,6 +29,7 @@ pub struct RollupReport {
     pub tenants: usize,
     pub rows: usize,
     pub states_restored: usize,
+    pub events_relayed: usize,
 }
 
 pub async fn run(db: &PgPool, engine: &QuotaEngine, now: DateTime<Utc>) -> Result<RollupReport, QuotaError> {
@@ -43,6 +46,7 @@ pub async fn run(db: &PgPool, engine: &QuotaEngine, now: DateTime<Utc>) -> Resul
             engine.load_into_redis(db, tenant).await?;
             report.states_restored += 1;
         }
+        report.events_relayed += engine.relay_pending(tenant).await?;
         let Some(state) = load_state(db, tenant).await? else { continue };
         // Each resource's current window; and, for a window that began less than the grace
         // period ago, the final count of the one before (its keys outlive it by that much).
