@@ -32,6 +32,7 @@ pub async fn serve(
         shutdown.await;
         stopping.send_replace(true);
     };
+    let quota = state.quota.clone();
     let app = http::router(state);
     // Without TCP_NODELAY a response written in two segments waits for the client's delayed ACK
     // (tens of milliseconds): it showed as the tail of the larger context answers.
@@ -43,5 +44,8 @@ pub async fn serve(
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     let _ = stop_tx.send(true);
     listener_task.abort();
+    // Budget this replica leased and did not serve goes back to the counters, so stopping a
+    // replica costs its tenants nothing.
+    quota.release_all_leases().await;
     result
 }

@@ -171,3 +171,23 @@ async fn a_limit_raised_mid_race_ends_exactly_at_the_new_limit() {
 async fn a_limit_rewritten_unchanged_mid_race_ends_exactly_at_it() {
     rewritten_mid_race("rewritten-mid-race", 500, 500).await;
 }
+
+#[tokio::test]
+async fn a_replica_that_stops_gives_its_leased_budget_back() {
+    let app = leasing_app("50", "60000").await;
+    let t = active_tenant(&app, "stop-lease").await;
+    set_limit(&app, &t, "api_calls", 1000).await;
+    // A second replica on the same database and Redis serves 4 and holds the rest of its lease.
+    let mut replica = TestApp::start(app.env.clone()).await.expect("second replica");
+    consume_in_turn(&app, &replica.url(""), &t, 4).await;
+    let held = replica.state.quota.leased_budget_held();
+    assert!(held > 0, "the replica leased budget");
+    assert_eq!(counted(&app, &t).await, 4 + held, "4 served, the rest of the lease held by the replica");
+    replica.begin_shutdown();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counted(&app, &t).await != 4 {
+        assert!(Instant::now() < deadline, "the stopped replica kept its lease counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(replica.state.quota.leased_budget_held(), 0);
+}
