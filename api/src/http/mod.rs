@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), idempotency::middleware))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::rate_limit));
 
+    // Every internal handler takes a `ServiceCaller`: the service-token gate (see `auth`).
     let internal = Router::new()
         .route("/internal/tenants/validate", post(internal::validate))
         .route("/internal/tenants/{id}/quota-check", post(quotas::internal_check))
@@ -79,8 +80,7 @@ pub fn router(state: AppState) -> Router {
         .route("/internal/tenants/{id}/context", get(internal::context))
         .route("/internal/tenants/{id}/features", get(features::internal))
         .route("/internal/tenants/metrics", get(monitoring::all_tenants))
-        .route("/internal/tenants/{id}/health", get(monitoring::tenant_health))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_service_token));
+        .route("/internal/tenants/{id}/health", get(monitoring::tenant_health));
 
     let mut operations = Router::new()
         .route("/health", get(health::health))
