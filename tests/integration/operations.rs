@@ -36,6 +36,29 @@ async fn health_checks_both_dependencies_and_turns_503_when_redis_is_gone() {
 }
 
 #[tokio::test]
+async fn health_checks_a_separate_quota_store_and_turns_503_when_it_is_gone() {
+    let mut quota_redis = RedisServer::start().await.expect("redis-server");
+    let url = quota_redis.url();
+    let app = TestApp::spawn_with(|env| {
+        env.insert("QUOTA_REDIS_URL".into(), url);
+        env.insert("REDIS_RESPONSE_TIMEOUT_MS".into(), "500".into());
+    })
+    .await;
+    let (status, body) = app.call(reqwest::Method::GET, "/health", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["dependencies"]["quotaStore"], json!(true));
+
+    quota_redis.kill().await.expect("killed");
+    let started = Instant::now();
+    let (status, body) = app.call(reqwest::Method::GET, "/health", None, None).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "health answered in {:?}", started.elapsed());
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["details"]["dependencies"]["quotaStore"], json!(false));
+    assert_eq!(body["error"]["details"]["dependencies"]["redis"], json!(true), "the jobs Redis is still up");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("quota store")), "{body}");
+}
+
+#[tokio::test]
 async fn health_turns_503_when_postgres_is_unreachable() {
     let app = TestApp::spawn_with(|env| {
         // nothing listens on port 1

@@ -36,6 +36,10 @@ pub struct Dependencies {
     pub stripe: ProviderHealth,
     /// The job queue lives in Redis.
     pub queue: bool,
+    /// Where the quota counters live (`QUOTA_REDIS_URL`: the same Redis by default, or another
+    /// Redis or a Redis Cluster) answers `PING`.
+    #[serde(rename = "quotaStore")]
+    pub quota_store: bool,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -58,26 +62,31 @@ pub async fn health(State(state): State<AppState>) -> Response {
         tokio::time::timeout(CHECK_DEADLINE, q).await.ok().and_then(Result::ok)
     };
     let mut redis = state.redis.clone();
-    let (active, redis_ok, stripe) =
-        tokio::join!(db_check, kv::ping(&mut redis, CHECK_DEADLINE), state.billing_health.check(&state));
+    let (active, redis_ok, stripe, quota_ok) = tokio::join!(
+        db_check,
+        kv::ping(&mut redis, CHECK_DEADLINE),
+        state.billing_health.check(&state),
+        state.quota.ping(CHECK_DEADLINE)
+    );
     let queue_depth = if redis_ok {
         tokio::time::timeout(CHECK_DEADLINE, state.queue.depth()).await.ok().and_then(Result::ok)
     } else {
         None
     };
     let database = active.is_some();
+    let up = database && redis_ok && quota_ok;
     let report = Health {
-        status: if database && redis_ok { "healthy" } else { "unhealthy" },
+        status: if up { "healthy" } else { "unhealthy" },
         service: state.config.service_name.clone(),
         version: env!("CARGO_PKG_VERSION"),
-        dependencies: Dependencies { database, redis: redis_ok, stripe, queue: redis_ok },
+        dependencies: Dependencies { database, redis: redis_ok, stripe, queue: redis_ok, quota_store: quota_ok },
         metrics: HealthMetrics { active_tenants: active, queue_depth, cache_hit_rate: state.contexts.hit_rate() },
     };
-    if database && redis_ok {
+    if up {
         response::ok(report)
     } else {
         let details = serde_json::to_value(&report).unwrap_or_default();
-        let down: Vec<&str> = [("database", database), ("redis", redis_ok)]
+        let down: Vec<&str> = [("database", database), ("redis", redis_ok), ("quota store", quota_ok)]
             .into_iter()
             .filter_map(|(name, ok)| (!ok).then_some(name))
             .collect();

@@ -194,6 +194,14 @@ impl QuotaEngine {
         Ok(Self::new(config, conns, relay))
     }
 
+    /// Whether the quota store (a Redis, or a node of the cluster) answers `PING` in time.
+    pub async fn ping(&self, deadline: Duration) -> bool {
+        let mut conn = self.conn();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        matches!(tokio::time::timeout(deadline, ping).await, Ok(Ok(_)))
+    }
+
     pub(super) fn conn(&self) -> QuotaConn {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         self.conns[i].clone()
