@@ -1,4 +1,5 @@
-# Image with both binaries: tenant-api (the default command) and tenant-worker.
+# Image with the service's binaries — tenant-api (the default command) and tenant-worker — and the
+# operators' command line, tenantctl (`docker compose exec api tenantctl tenants list`).
 #   docker build -t tenant-service:local .
 #   docker run --rm tenant-service:local tenant-api migrate
 # Builder and runtime must be the same Debian release (the binaries link its glibc). The Rust
@@ -22,9 +23,9 @@ COPY migrations migrations
 # out because the target cache is not part of the image.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin tenant-api --bin tenant-worker \
+    cargo build --release --locked --bin tenant-api --bin tenant-worker --bin tenantctl \
  && mkdir -p /out \
- && cp target/release/tenant-api target/release/tenant-worker /out/
+ && cp target/release/tenant-api target/release/tenant-worker target/release/tenantctl /out/
 
 FROM debian:${DEBIAN_RELEASE}-slim
 # ca-certificates for TLS to Stripe/SMTP; curl for the Compose health check. Debian's
@@ -37,7 +38,7 @@ RUN groupadd --system --gid 10001 tenant \
  && useradd --system --uid 10001 --gid tenant --home-dir /app --shell /usr/sbin/nologin tenant \
  && mkdir -p /app/backups \
  && chown -R tenant:tenant /app
-COPY --from=builder /out/tenant-api /out/tenant-worker /usr/local/bin/
+COPY --from=builder /out/tenant-api /out/tenant-worker /out/tenantctl /usr/local/bin/
 WORKDIR /app
 ENV SERVICE_HOST=0.0.0.0 \
     SERVICE_PORT=3004 \
