@@ -105,7 +105,7 @@ impl ContextCache {
                 ttl: config.cache.local_ttl.min(config.tenant_config_ttl),
                 capacity: usize::try_from(config.cache.local_capacity).unwrap_or(usize::MAX),
             },
-            store: ContextStore::new(config, conn),
+            store: ContextStore::new(config, conn).batching_versions(),
             generation: AtomicU64::new(0),
             loading: Mutex::new(HashMap::new()),
             local_hits: AtomicU64::new(0),

@@ -150,21 +150,26 @@ async fn batch_versions(mut conn: ConnectionManager, mut queue: tokio::sync::mps
 }
 
 impl ContextStore {
-    /// Inside a Tokio runtime, version reads go through a batcher task (which ends with the
-    /// last clone of this store).
+    /// A store for writers and invalidators; its version reads are single `GET`s.
     pub fn new(config: &Config, conn: ConnectionManager) -> Self {
-        let versions = tokio::runtime::Handle::try_current().ok().map(|runtime| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            runtime.spawn(batch_versions(conn.clone(), rx));
-            tx
-        });
         Self {
             conn,
             prefix: config.redis_key_prefix.clone(),
             ttl_secs: config.tenant_config_ttl.as_secs().max(1),
             cas: redis::Script::new(CAS_SET),
-            versions,
+            versions: None,
         }
+    }
+
+    /// For the cache that reads on every request: version reads go through a batcher task
+    /// (spawned here, inside a Tokio runtime; it ends with the last clone of this store).
+    pub fn batching_versions(mut self) -> Self {
+        self.versions = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            runtime.spawn(batch_versions(self.conn.clone(), rx));
+            tx
+        });
+        self
     }
 
     fn keys(&self, id: TenantId) -> (String, String) {

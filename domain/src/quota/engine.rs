@@ -256,30 +256,6 @@ impl QuotaEngine {
         Err(QuotaError::Inconsistent("the reset period kept changing"))
     }
 
-    /// The script's arguments after `EVALSHA <sha>`: the key count, the keys and the values —
-    /// for a call with `period` at `now`. Public so tools (`redis-benchmark`) run the real call.
-    #[allow(clippy::too_many_arguments)]
-    pub fn script_args(
-        &self,
-        tenant: TenantId,
-        resource: Resource,
-        period: Period,
-        amount: i64,
-        mode: Mode,
-        now: DateTime<Utc>,
-        idempotency_key: Option<&str>,
-    ) -> Vec<String> {
-        let mut cmd = redis::cmd("EVALSHA");
-        self.fill(&mut cmd, tenant, resource, period, amount, mode, now, idempotency_key);
-        cmd.args_iter()
-            .skip(1)
-            .map(|a| match a {
-                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-                _ => String::new(),
-            })
-            .collect()
-    }
-
     /// Adds the key count, keys and values of one call to `cmd`; returns the counter key.
     #[allow(clippy::too_many_arguments)]
     fn fill(
