@@ -88,7 +88,7 @@ impl<N: Need> FromRequestParts<AppState> for TenantAccess<N> {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
         let user = AuthUser::from_request_parts(parts, state).await?;
-        let request_id = request_id(parts);
+        let Ok(request_id) = RequestId::from_request_parts(parts, state).await;
         let raw = tenant_param(parts).await?;
         let tenant = match raw.parse::<uuid::Uuid>() {
             Ok(id) => Some(TenantId(id)),
@@ -138,7 +138,7 @@ impl FromRequestParts<AppState> for JobAccess {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
         let user = AuthUser::from_request_parts(parts, state).await?;
-        let request_id = request_id(parts);
+        let Ok(request_id) = RequestId::from_request_parts(parts, state).await;
         let raw = tenant_param(parts).await?;
         let id = JobId(raw.parse().map_err(|_| ApiError::field("id", "not a job id"))?);
         let job = jobs::get(&state.db, id).await?;
@@ -165,10 +165,6 @@ impl FromRequestParts<AppState> for PlatformUser {
             Err(ApiError::forbidden("this action needs the platform_admin role"))
         }
     }
-}
-
-fn request_id(parts: &Parts) -> RequestId {
-    RequestId(parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned))
 }
 
 /// The route's `{id}` parameter.
