@@ -162,6 +162,41 @@ ensure_database() {
   fi
 }
 
+# The same URL as user $2 with password $3 (URL-safe characters only; empty: none).
+pg_url_with_user() {
+  [[ $1 =~ $PG_URL_RE ]] || { say "cannot parse PostgreSQL URL $(redact_url "$1")"; return 1; }
+  local scheme=${BASH_REMATCH[1]%%://*} host=${BASH_REMATCH[1]#*://}
+  host=${host##*@}
+  printf '%s://%s%s@%s%s%s\n' "$scheme" "$2" "${3:+:$3}" "$host" "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}"
+}
+
+# owned_database ADMIN_URL OWNER PASSWORD: the database named in ADMIN_URL (a superuser's URL),
+# owned by the ordinary role OWNER, which row-level security holds (deploy/postgres/owner.sql:
+# no SUPERUSER, BYPASSRLS, CREATEROLE or CREATEDB). Creates the database when missing; prints
+# the URL the service should use: OWNER's, or ADMIN_URL's for a database made by an older
+# scripts/dev (owned by the superuser, so its tables are too), with a warning.
+owned_database() {
+  local admin=$1 owner=$2 password=$3 db current
+  ensure_database "$admin"
+  db=$(pg_url_db "$admin")
+  current=$(_psql "$admin" -c "select datdba::regrole::text from pg_database where datname = current_database()") ||
+    die "cannot read the owner of database $db"
+  if [[ $current != "$owner" ]] &&
+    [[ $(_psql "$admin" -c "select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public'") != 0 ]]; then
+    say "postgres: database $db belongs to $current (made by an older scripts/dev) and is kept as it is;"
+    say "  the service connects as $current, which row-level security does not hold if it is a superuser."
+    say "  Drop the database (dropdb $db) to have it made again with the ordinary owner $owner."
+    printf '%s\n' "$admin"
+    return 0
+  fi
+  { printf '%s\n' "select from (select set_config('tenant_setup.owner', :'owner', false)," \
+      "  set_config('tenant_setup.password', :'password', false)) s;"
+    cat "$REPO_ROOT/deploy/postgres/owner.sql"
+  } | _psql "$admin" -v owner="$owner" -v password="$password" >/dev/null || die "could not make $owner the owner of $db"
+  [[ $current == "$owner" ]] || say "postgres: database $db is owned by the ordinary role $owner"
+  pg_url_with_user "$admin" "$owner" "$password"
+}
+
 # ---------------------------------------------------------------- private PostgreSQL
 
 # Directory with initdb and pg_ctl: on PATH, from pg_config, or Debian's newest /usr/lib/postgresql/*/bin.

@@ -58,8 +58,36 @@ pub async fn migrate(config: &Config) -> Result<()> {
 
 /// Applies the migrations on `conn`, which must be the schema owner's.
 pub async fn migrate_on(conn: &mut PgConnection) -> Result<()> {
+    check_owner(&mut *conn).await?;
     MIGRATOR.run(conn).await?;
     Ok(())
+}
+
+/// Reads whether row-level security holds the `DATABASE_URL` user itself, and warns in the log
+/// when it does not: a superuser, a role with `BYPASSRLS`, or one that inherits the rights of
+/// `tenant_platform` (whose policy sees every tenant) reads every tenant's rows on the owner's
+/// own connections (the migrations, the tenant schemas' DDL). The pool and tenant-scoped
+/// transactions are held either way — they switch to roles that are none of these — so this
+/// warns rather than refuses. Returns true when it warned; an error means PostgreSQL did not
+/// answer.
+pub async fn check_owner<'e>(e: impl Executor<'e, Database = Postgres>) -> Result<bool> {
+    let (user, bypasses): (String, bool) = sqlx::query_as(
+        "select rolname::text, rolsuper or rolbypassrls or coalesce( \
+             (select pg_has_role(session_user, p.oid, 'usage') from pg_roles p where p.rolname = $1), false) \
+         from pg_roles where rolname = session_user",
+    )
+    .bind(PLATFORM_ROLE)
+    .fetch_one(e)
+    .await?;
+    if bypasses {
+        tracing::warn!(
+            user,
+            "row-level security does not hold the DATABASE_URL user (a superuser, BYPASSRLS, or it inherits \
+             tenant_platform), so the owner's connections see every tenant's rows; make it an ordinary NOINHERIT \
+             role that owns the database (deploy/postgres/owner.sql; README, Security model)"
+        );
+    }
+    Ok(bypasses)
 }
 
 /// A transaction that can only see and write one tenant's rows: the role `tenant_app` with

@@ -257,3 +257,93 @@ async fn a_tenant_schema_with_awkward_table_names_dumps_and_restores() {
     tx.rollback().await.expect("rollback");
     assert_eq!(again, dump, "the restored schema dumps the same");
 }
+
+/// The owner Compose and `scripts/dev` set up (`deploy/postgres/owner.sql`): an ordinary role
+/// that owns the database. The service migrates and runs the whole lifecycle as it — the
+/// migrations, the tenant schemas' DDL, a backup's dump, a restore — and yet its own connection
+/// sees no tenant row and writes none, because row-level security is forced on it.
+#[tokio::test]
+async fn an_ordinary_owner_migrates_and_runs_the_service_and_sees_no_tenant_row() {
+    use reqwest::Method;
+    use sqlx::Executor;
+    use std::time::Duration;
+    const OWNER: &str = "tt_ordinary_owner";
+
+    let admin_url = tenant_tests::admin_database_url();
+    let mut admin = PgConnection::connect(&admin_url).await.expect("admin");
+    let name = format!("tt_{}_{}", chrono::Utc::now().timestamp(), uuid::Uuid::new_v4().simple());
+    admin.execute(format!("create database \"{name}\"").as_str()).await.expect("create database");
+    admin.close().await.expect("close");
+    let database_url = tenant_tests::with_database(&admin_url, &name);
+
+    // the set-up, as the superuser, in the new database
+    let mut setup = PgConnection::connect(&database_url).await.expect("superuser in the new database");
+    sqlx::query("select set_config('tenant_setup.owner', $1, false), set_config('tenant_setup.password', '', false)")
+        .bind(OWNER)
+        .execute(&mut setup)
+        .await
+        .expect("settings");
+    sqlx::raw_sql(include_str!("../../deploy/postgres/owner.sql")).execute(&mut setup).await.expect("owner.sql");
+    setup.close().await.expect("close");
+
+    let owner_url = with_user(&database_url, OWNER);
+    let mut owner = PgConnection::connect(&owner_url).await.expect("connect as the owner");
+    let (superuser, bypass, createrole, createdb): (bool, bool, bool, bool) = sqlx::query_as(
+        "select rolsuper, rolbypassrls, rolcreaterole, rolcreatedb from pg_roles where rolname = current_user",
+    )
+    .fetch_one(&mut owner)
+    .await
+    .expect("role");
+    assert!(!superuser && !bypass && !createrole && !createdb, "an ordinary role");
+    assert!(!db::check_owner(&mut owner).await.expect("check"), "the service would not warn about it");
+    db::migrate_on(&mut owner).await.expect("the migrations run as the ordinary owner");
+
+    let app = TestApp::start(tenant_tests::test_env(&owner_url)).await.expect("api");
+    let _worker = app.spawn_worker();
+    let token = app.admin_token();
+    let (tenant, job) = crate::lifecycle::create(&app, "ordinary", "basic").await;
+    let done = app.wait_job(&job, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], json!("succeeded"), "provisioning as the ordinary owner: {done}");
+    let (status, body) = app
+        .call(
+            Method::PUT,
+            &format!("/api/v1/tenants/{tenant}/config"),
+            Some(&token),
+            Some(json!({ "branding": { "companyName": "Ordinary" } })),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+
+    // the platform pool sees the tenant; the owner's own connection sees none of its rows
+    let id = uuid::Uuid::parse_str(&tenant).expect("uuid");
+    for table in ["tenants", "tenant_quotas", "tenant_configs", "audit_log", "jobs", "billing_accounts"] {
+        let column = if table == "tenants" { "id" } else { "tenant_id" };
+        let sql = format!("select count(*) from {table} where {column} = $1");
+        let platform: i64 = sqlx::query_scalar(&sql).bind(id).fetch_one(&app.db).await.expect("platform");
+        assert!(platform > 0, "{table}: the platform pool sees the tenant's rows");
+        let seen: i64 = sqlx::query_scalar(&sql).bind(id).fetch_one(&mut owner).await.expect("owner");
+        assert_eq!(seen, 0, "{table}: the owner sees the tenant's rows");
+    }
+    let write = sqlx::query(
+        "insert into tenant_configs (tenant_id, category, key, value, data_type) values ($1, 'x', 'x', '1', 'number')",
+    )
+    .bind(id)
+    .execute(&mut owner)
+    .await
+    .expect_err("the owner writes a tenant row");
+    assert!(write.to_string().contains("row-level security"), "{write}");
+
+    // deletion (dump, verify, drop the schema) and restore, all as the owner
+    let (status, body) = app.call(Method::DELETE, &format!("/api/v1/tenants/{tenant}"), Some(&token), None).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    let job = app.wait_job(body["data"]["job"]["id"].as_str().expect("job"), Duration::from_secs(30)).await;
+    assert_eq!(job["status"], json!("succeeded"), "deletion: {job}");
+    let backup = job["result"]["backupId"].as_str().expect("backupId").to_owned();
+    let (status, body) =
+        app.call(Method::POST, "/api/v1/tenants/restore", Some(&token), Some(json!({ "backupId": backup }))).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    let job = app.wait_job(body["data"]["job"]["id"].as_str().expect("job"), Duration::from_secs(30)).await;
+    assert_eq!(job["status"], json!("succeeded"), "restore: {job}");
+    let (_, body) = app.get(&format!("/api/v1/tenants/{tenant}/config"), &token).await;
+    assert_eq!(body["data"]["tenant"]["branding"]["companyName"], json!("Ordinary"), "{body}");
+}

@@ -151,7 +151,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 pub async fn context(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> anyhow::Result<JobContext> {
     let db = db::pool(&config)?;
     let redis = kv::connect(&config)?;
-    sqlx::query("select 1").execute(&db).await.context("PostgreSQL does not answer")?;
+    db::check_owner(&db).await.context("PostgreSQL does not answer")?;
     let mut probe = redis.clone();
     anyhow::ensure!(kv::ping(&mut probe, config.redis_response_timeout).await, "Redis does not answer PING");
     Ok(JobContext {
