@@ -44,11 +44,37 @@ async fn health_checks_a_separate_quota_store_and_turns_503_when_it_is_gone() {
         env.insert("REDIS_RESPONSE_TIMEOUT_MS".into(), "500".into());
     })
     .await;
+    // the worker (rollups, plan changes, the tombstones of deletions) uses the quota store too
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let _worker = app.spawn_worker_with(|env| {
+        env.insert("WORKER_METRICS_PORT".into(), port.to_string());
+        env.insert("SERVICE_HOST".into(), "127.0.0.1".into());
+    });
+    let worker_health = |app: &TestApp| {
+        let req = app.client.get(format!("http://127.0.0.1:{port}/health"));
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match req.try_clone().expect("clone").send().await {
+                    Ok(res) => return (res.status(), res.json::<serde_json::Value>().await.expect("json")),
+                    Err(e) => assert!(Instant::now() < deadline, "worker health: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     let (status, body) = app.call(reqwest::Method::GET, "/health", None, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["dependencies"]["quotaStore"], json!(true));
+    let (status, body) = worker_health(&app).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["dependencies"]["quotaStore"], json!(true), "{body}");
 
     quota_redis.kill().await.expect("killed");
+    let (status, body) = worker_health(&app).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["data"]["dependencies"]["quotaStore"], json!(false), "{body}");
+    assert_eq!(body["data"]["dependencies"]["redis"], json!(true), "{body}");
     let started = Instant::now();
     let (status, body) = app.call(reqwest::Method::GET, "/health", None, None).await;
     assert!(started.elapsed() < Duration::from_secs(5), "health answered in {:?}", started.elapsed());

@@ -119,16 +119,20 @@ async fn health(State(shared): State<Shared>) -> Response {
         .await
         .is_ok_and(|r| r.is_ok());
     let mut redis = shared.ctx.redis.clone();
-    let redis_ok = tenant_domain::kv::ping(&mut redis, Duration::from_secs(1)).await;
+    let (redis_ok, quota_ok) = tokio::join!(
+        tenant_domain::kv::ping(&mut redis, Duration::from_secs(1)),
+        shared.ctx.quota.ping(Duration::from_secs(1))
+    );
+    let up = db && redis_ok && quota_ok;
     let body = serde_json::json!({
-        "success": db && redis_ok,
+        "success": up,
         "data": {
             "worker": shared.ctx.worker_id,
-            "dependencies": { "database": db, "redis": redis_ok },
+            "dependencies": { "database": db, "redis": redis_ok, "quotaStore": quota_ok },
             "queueWorkerRestarts": shared.metrics.restarts.get(),
             "lastRestart": shared.metrics.last_restart.lock().ok().and_then(|l| l.clone()),
         },
     });
-    let status = if db && redis_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
 }
