@@ -278,6 +278,7 @@ async fn an_ordinary_owner_migrates_and_runs_the_service_and_sees_no_tenant_row(
 
     // the set-up, as the superuser, in the new database
     let mut setup = PgConnection::connect(&database_url).await.expect("superuser in the new database");
+    assert!(db::check_owner(&mut setup).await.expect("check"), "the service warns about a superuser owner");
     sqlx::query("select set_config('tenant_setup.owner', $1, false), set_config('tenant_setup.password', '', false)")
         .bind(OWNER)
         .execute(&mut setup)
