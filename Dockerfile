@@ -28,7 +28,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp target/release/tenant-api target/release/tenant-worker target/release/tenantctl /out/
 
 FROM debian:${DEBIAN_RELEASE}-slim
-# ca-certificates for TLS to Stripe/SMTP; curl for the Compose health check. Debian's
+# ca-certificates for TLS to Stripe, SMTP and Redis (rediss://); curl for the Compose health check. Debian's
 # stable security updates are wanted here, so no version pins.
 # hadolint ignore=DL3008
 RUN apt-get update \

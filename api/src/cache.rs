@@ -26,7 +26,7 @@ use std::time::Instant;
 use tenant_domain::context::{self, ContextStore, TenantContext};
 use tenant_domain::quota::engine::QuotaEngine;
 use tenant_domain::tenant_config::secrets::ConfigCipher;
-use tenant_domain::{Config, TenantId};
+use tenant_domain::{Config, TenantId, kv};
 use tokio::sync::watch;
 
 /// A cached context and its success envelope, serialized once (the context answer is a few KB).
@@ -262,12 +262,18 @@ pub async fn listen(
     mut stop: watch::Receiver<bool>,
 ) {
     let channel = ContextStore::channel(&config.redis_key_prefix);
+    let client = match kv::client(config.redis_url.expose(), &config) {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::error!(error = %err, "cache invalidation listener cannot build its Redis client");
+            return;
+        }
+    };
     loop {
         if *stop.borrow() {
             return;
         }
         let subscribed = async {
-            let client = redis::Client::open(config.redis_url.expose().as_str())?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)

@@ -12,7 +12,7 @@
 use futures::StreamExt;
 use std::time::Duration;
 use tenant_domain::jobs::ProgressChannel;
-use tenant_domain::{Config, JobId};
+use tenant_domain::{Config, JobId, kv};
 use tokio::sync::{OnceCell, broadcast};
 
 /// How long a stream waits without any signal before it re-reads its job anyway.
@@ -31,18 +31,18 @@ pub enum Signal {
 }
 
 pub struct JobWatch {
-    redis_url: String,
+    client: redis::Client,
     channel: String,
     tx: OnceCell<broadcast::Sender<Signal>>,
 }
 
 impl JobWatch {
-    pub fn new(config: &Config) -> Self {
-        Self {
-            redis_url: config.redis_url.expose().clone(),
+    pub fn new(config: &Config) -> tenant_domain::Result<Self> {
+        Ok(Self {
+            client: kv::client(config.redis_url.expose(), config)?,
             channel: ProgressChannel::name(&config.redis_key_prefix),
             tx: OnceCell::new(),
-        }
+        })
     }
 
     /// A receiver of job changes. The first call subscribes; once this returns, every change
@@ -51,9 +51,9 @@ impl JobWatch {
         let tx = self
             .tx
             .get_or_try_init(|| async {
-                let pubsub = subscribe(&self.redis_url, &self.channel).await?;
+                let pubsub = subscribe(&self.client, &self.channel).await?;
                 let (tx, _) = broadcast::channel(BUFFER);
-                tokio::spawn(relay(self.redis_url.clone(), self.channel.clone(), pubsub, tx.clone()));
+                tokio::spawn(relay(self.client.clone(), self.channel.clone(), pubsub, tx.clone()));
                 Ok::<_, redis::RedisError>(tx)
             })
             .await?;
@@ -61,15 +61,15 @@ impl JobWatch {
     }
 }
 
-async fn subscribe(url: &str, channel: &str) -> Result<redis::aio::PubSub, redis::RedisError> {
-    let mut pubsub = redis::Client::open(url)?.get_async_pubsub().await?;
+async fn subscribe(client: &redis::Client, channel: &str) -> Result<redis::aio::PubSub, redis::RedisError> {
+    let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(channel).await?;
     Ok(pubsub)
 }
 
 /// Forwards announcements until the process ends, subscribing again whenever the connection
 /// drops; each re-subscription is passed on as a [`Signal::Resync`].
-async fn relay(url: String, channel: String, mut pubsub: redis::aio::PubSub, tx: broadcast::Sender<Signal>) {
+async fn relay(client: redis::Client, channel: String, mut pubsub: redis::aio::PubSub, tx: broadcast::Sender<Signal>) {
     loop {
         {
             let mut messages = pubsub.on_message();
@@ -84,7 +84,7 @@ async fn relay(url: String, channel: String, mut pubsub: redis::aio::PubSub, tx:
         }
         tracing::warn!("job progress subscription lost; subscribing again");
         pubsub = loop {
-            match subscribe(&url, &channel).await {
+            match subscribe(&client, &channel).await {
                 Ok(pubsub) => break pubsub,
                 Err(err) => {
                     tracing::warn!(error = %err, "job progress: cannot subscribe; retrying");

@@ -57,7 +57,7 @@ impl AppState {
         let cipher = ConfigCipher::new(config.config_keys.clone());
         let billing = tenant_domain::billing::from_config(&config, db.clone())?;
         Ok(Self(Arc::new(AppInner {
-            job_watch: JobWatch::new(&config),
+            job_watch: JobWatch::new(&config)?,
             billing,
             billing_health: Default::default(),
             stopping: tokio::sync::watch::Sender::new(false),

@@ -4,9 +4,11 @@
 
 mod auth;
 mod quota_redis;
+mod redis_tls;
 
 pub use auth::{DEFAULT_SERVICE_NAME, JwksSettings, JwtSettings, PublicKey, ServiceToken};
 pub use quota_redis::QuotaRedis;
+pub use redis_tls::RedisTls;
 
 use crate::secret::Secret;
 use std::fmt;
@@ -33,6 +35,8 @@ pub struct Config {
     /// share one Redis.
     pub redis_key_prefix: String,
     pub redis_response_timeout: Duration,
+    /// Certificates for `rediss://` connections (`REDIS_TLS_*`).
+    pub redis_tls: RedisTls,
     pub tenant_config_ttl: Duration,
     /// The HS256 secret: signs dev tokens, and verifies tokens unless `JWT_HS256_ENABLED=false`.
     pub jwt_secret: Secret<String>,
@@ -264,8 +268,9 @@ impl Config {
             return Err(ConfigError::new("REDIS_URL", "must be a redis:// or rediss:// URL"));
         }
         let redis_key_prefix = env.get("REDIS_KEY_PREFIX").unwrap_or_else(|| "tenant:".into());
-        let quota_redis =
-            quota_redis::parse(env.get("QUOTA_REDIS_URL").as_deref(), redis_url.expose(), &redis_key_prefix)?;
+        let quota_redis_url = env.get("QUOTA_REDIS_URL");
+        let quota_redis = quota_redis::parse(quota_redis_url.as_deref(), redis_url.expose(), &redis_key_prefix)?;
+        let redis_tls = redis_tls::parse(&env, &[redis_url.expose(), quota_redis_url.as_deref().unwrap_or_default()])?;
         if let Some(tz) = env.get("USAGE_CALCULATION_TIMEZONE")
             && tz != "UTC"
         {
@@ -288,6 +293,7 @@ impl Config {
                 2000,
                 1..=600_000,
             )?),
+            redis_tls,
             tenant_config_ttl: Duration::from_secs(env.parse_in("REDIS_TENANT_CONFIG_TTL", 1800, 1..=31_536_000)?),
             jwt_secret,
             jwt,
@@ -583,5 +589,47 @@ mod tests {
         let c = load(&base()).expect("valid");
         let debug = format!("{c:?}");
         assert!(!debug.contains("very-secret") && !debug.contains("token-one"), "{debug}");
+    }
+
+    #[test]
+    fn redis_tls_files_are_read_checked_and_only_taken_with_a_tls_url() {
+        let dir = std::env::temp_dir().join(format!("redis-tls-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let cert = dir.join("cert.pem");
+        std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").expect("write");
+        let key = dir.join("key.pem");
+        std::fs::write(&key, "-----BEGIN EC PRIVATE KEY-----\nMHc\n-----END EC PRIVATE KEY-----\n").expect("write");
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+
+        let mut vars = base();
+        vars.insert("REDIS_URL", "rediss://redis.internal:6380/".into());
+        assert!(load(&vars).expect("system roots").redis_tls.certificates().is_none());
+        vars.insert("REDIS_TLS_CA_FILE", path(&cert));
+        vars.insert("REDIS_TLS_CERT_FILE", path(&cert));
+        vars.insert("REDIS_TLS_KEY_FILE", path(&key));
+        let tls = load(&vars).expect("valid").redis_tls;
+        let certs = tls.certificates().expect("certificates");
+        assert!(certs.root_cert.is_some() && certs.client_tls.is_some());
+        let key_bytes = format!("{:?}", std::fs::read(&key).expect("key"));
+        let debug = format!("{tls:?}");
+        assert!(!debug.contains(&key_bytes[1..key_bytes.len() - 1]) && debug.contains("****"), "{debug}");
+
+        let mut no_key = vars.clone();
+        no_key.remove("REDIS_TLS_KEY_FILE");
+        assert_eq!(load(&no_key).expect_err("key missing").var, "REDIS_TLS_KEY_FILE");
+        let mut not_a_cert = vars.clone();
+        not_a_cert.insert("REDIS_TLS_CA_FILE", path(&key));
+        assert_eq!(load(&not_a_cert).expect_err("a key is no CA").var, "REDIS_TLS_CA_FILE");
+        let mut missing = vars.clone();
+        missing.insert("REDIS_TLS_CA_FILE", path(&dir.join("nope.pem")));
+        assert_eq!(load(&missing).expect_err("no file").var, "REDIS_TLS_CA_FILE");
+        let mut plain = vars.clone();
+        plain.insert("REDIS_URL", "redis://127.0.0.1:6379/".into());
+        let err = load(&plain).expect_err("no TLS URL");
+        assert!(err.var == "REDIS_TLS_CA_FILE" && err.message.contains("rediss://"), "{err}");
+        plain.insert("QUOTA_REDIS_URL", "rediss+cluster://a:7000,b:7000".into());
+        let loaded = load(&plain);
+        assert!(loaded.is_ok(), "a TLS cluster for the quota counters takes them: {:?}", loaded.err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -17,8 +17,29 @@ pub fn connect(config: &Config) -> Result<ConnectionManager> {
     connect_to(config.redis_url.expose(), config)
 }
 
+/// A client for `url`: with `rediss://`, TLS verified against `REDIS_TLS_CA_FILE` (else the
+/// system's roots), with the client certificate when one is configured. Every Redis connection
+/// of the service — commands, pub/sub, the cluster's nodes — is made through here.
+pub fn client(url: &str, config: &Config) -> Result<redis::Client> {
+    if !url.starts_with("rediss://") {
+        return Ok(redis::Client::open(url)?);
+    }
+    install_crypto_provider();
+    Ok(match config.redis_tls.certificates() {
+        Some(certs) => redis::Client::build_with_tls(url, certs)?,
+        None => redis::Client::open(url)?,
+    })
+}
+
+/// rustls cannot pick a crypto provider by itself when the build holds two (ring, and aws-lc-rs
+/// through object_store); the service's TLS clients (Redis, Stripe) settle on ring, unless the
+/// program installed one already.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn connect_to(url: &str, config: &Config) -> Result<ConnectionManager> {
-    let client = redis::Client::open(url)?;
+    let client = client(url, config)?;
     let manager_config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(config.redis_response_timeout))
         .set_connection_timeout(Some(config.redis_response_timeout))
@@ -49,12 +70,18 @@ pub fn connect_quota(config: &Config) -> Result<QuotaConn> {
         QuotaRedis::Single(url) => QuotaConn::Single(connect_to(url.expose(), config)?),
         QuotaRedis::Cluster(nodes) => {
             let timeout = config.redis_response_timeout;
-            let client = ClusterClientBuilder::new(nodes.expose().iter().map(String::as_str))
+            let mut builder = ClusterClientBuilder::new(nodes.expose().iter().map(String::as_str))
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
                 .retries(2)
-                .max_retry_wait(500)
-                .build()?;
+                .max_retry_wait(500);
+            if nodes.expose().iter().any(|n| n.starts_with("rediss://")) {
+                install_crypto_provider();
+                if let Some(certs) = config.redis_tls.certificates() {
+                    builder = builder.certs(certs);
+                }
+            }
+            let client = builder.build()?;
             let cluster_config = ClusterConfig::new().set_connection_timeout(timeout).set_response_timeout(timeout);
             // Connects in the background, like the single-node connection: the API starts while
             // the cluster is unreachable and its quota calls answer 503 until it is back.

@@ -523,20 +523,20 @@ async fn the_worker_reports_its_jobs_in_prometheus_text() {
 
 /// One server-sent event: its `event`, `id` and `data` (parsed as JSON).
 #[derive(Debug)]
-struct Sse {
-    event: String,
-    id: String,
-    data: Value,
+pub struct Sse {
+    pub event: String,
+    pub id: String,
+    pub data: Value,
 }
 
 /// Reads events from a `text/event-stream` response; `None` when the server ended the stream.
-struct SseReader {
+pub struct SseReader {
     res: reqwest::Response,
     buf: String,
 }
 
 impl SseReader {
-    async fn next(&mut self) -> Option<Sse> {
+    pub async fn next(&mut self) -> Option<Sse> {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();
@@ -561,7 +561,7 @@ impl SseReader {
     }
 }
 
-async fn open_events(app: &TestApp, job: &str, token: &str) -> SseReader {
+pub async fn open_events(app: &TestApp, job: &str, token: &str) -> SseReader {
     let res =
         app.client.get(app.url(&format!("/api/v1/jobs/{job}/events"))).bearer_auth(token).send().await.expect("sent");
     assert_eq!(res.status(), StatusCode::OK);

@@ -19,6 +19,7 @@ mod quota_cluster;
 mod quota_leases;
 mod quotas;
 mod recovery;
+mod redis_tls;
 mod retention;
 mod rls;
 mod settings;

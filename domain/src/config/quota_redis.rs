@@ -80,13 +80,8 @@ pub fn parse(raw: Option<&str>, redis_url: &str, key_prefix: &str) -> Result<Quo
 
 fn check_node(url: &str) -> Result<(), ConfigError> {
     use redis::IntoConnectionInfo;
-    let tls = url.starts_with("rediss://");
-    if !url.starts_with("redis://") && !tls {
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
         return Err(bad("every node must be a redis:// or rediss:// URL"));
-    }
-    if tls {
-        // Not built with a TLS stack (nor is `REDIS_URL`): say so at start, not at first use.
-        return Err(bad("TLS (rediss) is not supported by this build"));
     }
     url.into_connection_info().map(|_| ()).map_err(|_| bad("holds a node that is not a valid Redis URL"))
 }
@@ -136,8 +131,12 @@ mod tests {
             let err = parse(Some(raw), REDIS, "tenant:").expect_err(raw);
             assert_eq!(err.var, VAR, "{raw}");
         }
-        let err = parse(Some("rediss+cluster://user:hunter2@a:1"), REDIS, "tenant:").expect_err("tls");
+        let err = parse(Some("rediss+cluster://user:hunter2@a:port"), REDIS, "tenant:").expect_err("bad port");
         assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert_eq!(
+            nodes(parse(Some("rediss+cluster://u:pw@a:7000,b:7001"), REDIS, "tenant:").expect("TLS")),
+            ["rediss://u:pw@a:7000", "rediss://u:pw@b:7001"]
+        );
         let err = parse(Some("redis+cluster://a:1"), REDIS, "{tenant}:").expect_err("braces");
         assert_eq!(err.var, "REDIS_KEY_PREFIX");
     }

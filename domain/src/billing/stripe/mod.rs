@@ -97,11 +97,9 @@ pub struct StripeBilling {
 
 impl StripeBilling {
     pub fn new(settings: &StripeSettings) -> anyhow::Result<Self> {
-        // async-stripe's connector takes rustls' process-wide crypto provider, which rustls cannot
-        // choose (it panics) when the build enables both ring and aws-lc-rs (object_store's `aws`
-        // does): settle it for ring, the one async-stripe is built with, unless the program
-        // installed one already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // async-stripe's connector takes rustls' process-wide crypto provider (ring, the one
+        // async-stripe is built with).
+        crate::kv::install_crypto_provider();
         let key = settings.secret_key.expose();
         let mut builder = ClientBuilder::new(key.as_str()).timeout(CALL_TIMEOUT);
         if let Some(base) = &settings.api_base {
