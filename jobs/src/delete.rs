@@ -79,7 +79,11 @@ impl Saga for Delete {
             DeleteStep::Backup => self.write_backup(ctx).await?,
             DeleteStep::VerifyBackup => self.verify_backup(ctx).await?,
             DeleteStep::CancelBilling => account::close(ctx, &self.tenant, &self.key(step.name())).await?,
-            DeleteStep::ClearCache => clear_redis(ctx, id).await?,
+            DeleteStep::ClearCache => {
+                clear_redis(ctx, id).await?;
+                // the counters' own store, when they have one (Finalize leaves a tombstone there)
+                ctx.quota.clear_tenant(id).await?;
+            }
             DeleteStep::DropSchema => tenant_schema::drop(&ctx.db, id).await?,
             DeleteStep::DeleteRows => {
                 backup::delete_scoped_rows(&ctx.db, id).await?;

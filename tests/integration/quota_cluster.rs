@@ -133,6 +133,13 @@ async fn consumes_on_a_cluster_are_exact_and_each_tenants_keys_share_one_slot() 
     .expect("q");
     assert_eq!(used, [("api_calls".to_owned(), 150), ("users".to_owned(), 3)]);
 
+    // a deleted tenant's keys are all cleared on the node that owns its slot, no one else's
+    let removed = app.state.quota.clear_tenant(a.id).await.expect("clear");
+    assert_eq!(removed, by_tenant[&a.id.to_string()].len() as u64);
+    let left = cluster.scan(&format!("{prefix}*")).await.expect("scan");
+    assert!(left.iter().all(|(_, k)| tenant_of(k) != Some(a.id.to_string().as_str())), "{left:?}");
+    assert_eq!(left.len(), found.len() - by_tenant[&a.id.to_string()].len(), "other tenants' keys stay");
+
     // the nodes lose their scripts: the next check loads the script again (on every node)
     cluster.on_every_node(redis::cmd("SCRIPT").arg("FLUSH")).await.expect("flush");
     let (status, body) = check(&app, &c, "file_uploads", 1, true).await;

@@ -327,6 +327,66 @@ async fn counters_on_another_redis_relay_their_threshold_events_to_the_stream() 
 }
 
 #[tokio::test]
+async fn deleting_a_tenant_clears_its_keys_on_a_separate_quota_redis_and_leaves_a_tombstone() {
+    let counters = RedisServer::start().await.expect("redis-server");
+    let url = counters.url();
+    let app = TestApp::spawn_with(|env| {
+        env.insert("QUOTA_REDIS_URL".into(), url.clone());
+    })
+    .await;
+    let _worker = app.spawn_worker();
+    let (gone, job) = crate::lifecycle::create(&app, "cleared", "basic").await;
+    assert_eq!(app.wait_job(&job, Duration::from_secs(30)).await["status"], json!("succeeded"));
+    let (kept, job) = crate::lifecycle::create(&app, "kept", "basic").await;
+    assert_eq!(app.wait_job(&job, Duration::from_secs(30)).await["status"], json!("succeeded"));
+    for tenant in [&gone, &kept] {
+        let path = format!("/internal/tenants/{tenant}/usage");
+        let body = json!({ "resource": "users", "amount": 2 });
+        internal(&app.client, &app.url(""), &path, body.clone()).await;
+        let res = app
+            .client
+            .post(app.url(&format!("/internal/tenants/{tenant}/quota-check")))
+            .header("x-service-token", SERVICE_TOKEN)
+            .header("idempotency-key", "once")
+            .json(&json!({ "resource": "api_calls", "amount": 1, "consume": true }))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let conn = redis::Client::open(url.as_str()).expect("url").get_multiplexed_async_connection().await.expect("c");
+    let prefix = &app.env["REDIS_KEY_PREFIX"];
+    let keys_of = |tenant: &str| {
+        let pattern = format!("{prefix}t:{tenant}:*");
+        let mut conn = conn.clone();
+        async move {
+            let mut keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.expect("keys");
+            keys.sort();
+            keys
+        }
+    };
+    let before = keys_of(&gone).await;
+    assert!(before.iter().any(|k| k.contains(":u:api_calls:")) && before.iter().any(|k| k.contains(":idem:")));
+    let kept_before = keys_of(&kept).await;
+
+    let (status, body) =
+        app.call(Method::DELETE, &format!("/api/v1/tenants/{gone}"), Some(&app.admin_token()), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let job = app.wait_job(body["data"]["job"]["id"].as_str().expect("job"), Duration::from_secs(30)).await;
+    assert_eq!(job["status"], json!("succeeded"), "{job}");
+    // only the tombstone is left, and it expires
+    let state = format!("{prefix}t:{gone}:state");
+    let mut conn = conn.clone();
+    assert_eq!(keys_of(&gone).await, std::slice::from_ref(&state), "the deleted tenant's counters stayed behind");
+    let status: Option<String> =
+        redis::cmd("HGET").arg(&state).arg("status").query_async(&mut conn).await.expect("hget");
+    assert_eq!(status.as_deref(), Some("deleted"));
+    let ttl: i64 = redis::cmd("TTL").arg(&state).query_async(&mut conn).await.expect("ttl");
+    assert!(ttl > 0, "the tombstone expires");
+    assert_eq!(keys_of(&kept).await, kept_before, "another tenant's keys are untouched");
+}
+
+#[tokio::test]
 async fn a_suspended_tenant_is_denied_at_once() {
     let app = TestApp::spawn().await;
     let t = active_tenant(&app, "flaky").await;

@@ -118,6 +118,46 @@ impl QuotaEngine {
         }
     }
 
+    /// Deletes every key of the tenant on a quota store of its own (`QUOTA_REDIS_URL`): state,
+    /// counters, thresholds, idempotency decisions, events not yet relayed. On `REDIS_URL` the
+    /// deletion saga's sweep of the tenant's keys takes them, so this does nothing there. On a
+    /// cluster, a tenant's keys share one slot, so the scan runs on the primary that owns it.
+    /// Returns how many keys went.
+    pub async fn clear_tenant(&self, tenant: TenantId) -> Result<u64, QuotaError> {
+        use redis::aio::ConnectionLike;
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+        if self.relay.is_none() {
+            return Ok(0);
+        }
+        let pattern = format!("{}*", self.keys.base(tenant));
+        let owner = Route::with_slot(Slot::for_key(self.keys.state(tenant)), SlotAddr::Master);
+        let mut conn = self.conn();
+        let (mut cursor, mut removed) = (0_u64, 0_u64);
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(500);
+            let reply = match &mut conn {
+                crate::kv::QuotaConn::Single(c) => c.req_packed_command(&scan),
+                crate::kv::QuotaConn::Cluster(c) => {
+                    Box::pin(c.route_command(scan, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(owner))))
+                }
+            };
+            let reply = tokio::time::timeout(self.timeout * 4, reply).await.map_err(|_| QuotaError::Timeout)??;
+            let (next, keys): (u64, Vec<String>) = redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
+            if !keys.is_empty() {
+                let mut unlink = redis::cmd("UNLINK");
+                unlink.arg(&keys);
+                let unlinked = unlink.query_async::<u64>(&mut conn);
+                removed +=
+                    tokio::time::timeout(self.timeout * 4, unlinked).await.map_err(|_| QuotaError::Timeout)??;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
     /// Forgets the tenant's mirrored state; the next check reloads it from PostgreSQL.
     pub async fn forget(&self, tenant: TenantId) -> Result<(), QuotaError> {
         let mut conn = self.conn();
