@@ -110,6 +110,15 @@ pub enum QuotaError {
     Inconsistent(&'static str),
 }
 
+/// Every call to the quota store is bounded: past `deadline` it is [`QuotaError::Timeout`], so a
+/// Redis that hangs turns into a quick 503 (or a fail-open answer) instead of a stuck request.
+pub(super) async fn within<T>(
+    deadline: Duration,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, QuotaError> {
+    Ok(tokio::time::timeout(deadline, call).await.map_err(|_| QuotaError::Timeout)??)
+}
+
 /// The outcome of one script call, before the fallback.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawOutcome {
@@ -324,8 +333,7 @@ impl QuotaEngine {
                 other => other,
             }
         };
-        let reply: (i64, i64, i64, i64, String, String, i64, i64, Vec<String>) =
-            tokio::time::timeout(self.timeout, call).await.map_err(|_| QuotaError::Timeout)??;
+        let reply: (i64, i64, i64, i64, String, String, i64, i64, Vec<String>) = within(self.timeout, call).await?;
         let (code, limit, used, reset_at, status, crossed, granted, replayed, events) = reply;
         if !events.is_empty() {
             self.relay(tenant, &events).await;

@@ -6,7 +6,7 @@
 //! and the next rollup relays it — so none is lost. It may then reach the stream twice (if the
 //! process died between the two steps); consumers dedupe on its `id`, as the alert mailer does.
 
-use super::engine::{QuotaEngine, QuotaError};
+use super::engine::{QuotaEngine, QuotaError, within};
 use crate::TenantId;
 use chrono::Utc;
 use serde::Deserialize;
@@ -62,17 +62,13 @@ impl QuotaEngine {
                         .arg(&e.occurred_at)
                         .arg("data")
                         .arg(&e.data);
-                    tokio::time::timeout(self.timeout, add.query_async::<String>(&mut stream))
-                        .await
-                        .map_err(|_| QuotaError::Timeout)??;
+                    within(self.timeout, add.query_async::<String>(&mut stream)).await?;
                 }
                 Err(err) => tracing::error!(%tenant, error = %err, "a queued quota event is malformed; dropped"),
             }
             let mut remove = redis::cmd("LREM");
             remove.arg(&list).arg(1).arg(raw);
-            tokio::time::timeout(self.timeout, remove.query_async::<i64>(&mut quota))
-                .await
-                .map_err(|_| QuotaError::Timeout)??;
+            within(self.timeout, remove.query_async::<i64>(&mut quota)).await?;
         }
         Ok(())
     }
@@ -87,9 +83,7 @@ impl QuotaEngine {
         let mut conn = self.conn();
         let mut read = redis::cmd("LRANGE");
         read.arg(self.keys.pending_events(tenant)).arg(0).arg(SWEEP_BATCH - 1);
-        let queued = tokio::time::timeout(self.timeout, read.query_async::<Vec<String>>(&mut conn))
-            .await
-            .map_err(|_| QuotaError::Timeout)??;
+        let queued = within(self.timeout, read.query_async::<Vec<String>>(&mut conn)).await?;
         let cutoff = Utc::now().timestamp() - SWEEP_AFTER_SECS;
         let due: Vec<String> = queued
             .into_iter()

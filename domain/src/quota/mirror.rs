@@ -2,7 +2,7 @@
 //! the views, the rollups and the metrics scrape. Every command or pipeline here touches one
 //! tenant's keys only (one slot on a Redis Cluster); reads over many tenants go per tenant.
 
-use super::engine::{QuotaEngine, QuotaError};
+use super::engine::{QuotaEngine, QuotaError, within};
 use super::{Period, window};
 use crate::{Result, TenantId, TenantStatus};
 use chrono::{DateTime, Utc};
@@ -48,9 +48,7 @@ impl QuotaEngine {
                 let mut conn = self.conn();
                 let mut pipe = redis::pipe();
                 pipe.atomic().del(&key).hset(&key, "status", "unknown").expire(&key, UNKNOWN_TTL_SECS as i64);
-                tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn))
-                    .await
-                    .map_err(|_| QuotaError::Timeout)??;
+                within(self.timeout, pipe.query_async::<()>(&mut conn)).await?;
                 Ok(())
             }
         }
@@ -101,9 +99,7 @@ impl QuotaEngine {
             pipe.cmd("DEL").arg(self.keys.gauge_keys(tenant));
         }
         let mut conn = self.conn();
-        tokio::time::timeout(self.timeout * 4, pipe.query_async::<()>(&mut conn))
-            .await
-            .map_err(|_| QuotaError::Timeout)??;
+        within(self.timeout * 4, pipe.query_async::<()>(&mut conn)).await?;
         if restore_counters && restored > 0 {
             tracing::warn!(%tenant, restored, "quota state restored from PostgreSQL; counts since the last rollup are lost");
         }
@@ -142,14 +138,13 @@ impl QuotaEngine {
                     Box::pin(c.route_command(scan, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(owner))))
                 }
             };
-            let reply = tokio::time::timeout(self.timeout * 4, reply).await.map_err(|_| QuotaError::Timeout)??;
+            let reply = within(self.timeout * 4, reply).await?;
             let (next, keys): (u64, Vec<String>) = redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
             if !keys.is_empty() {
                 let mut unlink = redis::cmd("UNLINK");
                 unlink.arg(&keys);
                 let unlinked = unlink.query_async::<u64>(&mut conn);
-                removed +=
-                    tokio::time::timeout(self.timeout * 4, unlinked).await.map_err(|_| QuotaError::Timeout)??;
+                removed += within(self.timeout * 4, unlinked).await?;
             }
             if next == 0 {
                 return Ok(removed);
@@ -163,9 +158,7 @@ impl QuotaEngine {
         let mut conn = self.conn();
         let mut del = redis::cmd("DEL");
         del.arg(self.keys.state(tenant));
-        tokio::time::timeout(self.timeout, del.query_async::<()>(&mut conn))
-            .await
-            .map_err(|_| QuotaError::Timeout)??;
+        within(self.timeout, del.query_async::<()>(&mut conn)).await?;
         Ok(())
     }
 
@@ -185,9 +178,7 @@ impl QuotaEngine {
             pipe.cmd("GET").arg(self.keys.counter(tenant, resource, *period, *at));
         }
         let mut conn = self.conn();
-        let values: Vec<Option<i64>> = tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
-            .await
-            .map_err(|_| QuotaError::Timeout)??;
+        let values: Vec<Option<i64>> = within(self.timeout, pipe.query_async(&mut conn)).await?;
         Ok(values.into_iter().map(Option::unwrap_or_default).collect())
     }
 
@@ -206,9 +197,7 @@ impl QuotaEngine {
                 pipe.cmd("GET").arg(self.keys.counter(*tenant, resource, *period, now));
             }
             let mut conn = self.conn();
-            let values: Vec<Option<i64>> = tokio::time::timeout(self.timeout * 4, pipe.query_async(&mut conn))
-                .await
-                .map_err(|_| QuotaError::Timeout)??;
+            let values: Vec<Option<i64>> = within(self.timeout * 4, pipe.query_async(&mut conn)).await?;
             out.extend(values.into_iter().map(Option::unwrap_or_default));
         }
         Ok(out)
@@ -236,9 +225,7 @@ impl QuotaEngine {
             async move {
                 let mut mget = redis::cmd("MGET");
                 mget.arg(keys);
-                let values = tokio::time::timeout(self.timeout * 4, mget.query_async::<Vec<Option<i64>>>(&mut conn))
-                    .await
-                    .map_err(|_| QuotaError::Timeout)??;
+                let values = within(self.timeout * 4, mget.query_async::<Vec<Option<i64>>>(&mut conn)).await?;
                 Ok::<_, QuotaError>((positions, values))
             }
         });
@@ -259,16 +246,14 @@ impl QuotaEngine {
         let mut conn = self.conn();
         let mut cmd = redis::cmd("HGET");
         cmd.arg(self.keys.state(tenant)).arg("status");
-        Ok(tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await.map_err(|_| QuotaError::Timeout)??)
+        within(self.timeout, cmd.query_async(&mut conn)).await
     }
 
     pub async fn has_state(&self, tenant: TenantId) -> Result<bool, QuotaError> {
         let mut conn = self.conn();
         let mut exists = redis::cmd("EXISTS");
         exists.arg(self.keys.state(tenant));
-        Ok(tokio::time::timeout(self.timeout, exists.query_async(&mut conn))
-            .await
-            .map_err(|_| QuotaError::Timeout)??)
+        within(self.timeout, exists.query_async(&mut conn)).await
     }
 }
 
