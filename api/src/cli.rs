@@ -65,14 +65,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    let migrated = config.migrate_on_start;
     let state = AppState::new(config)?;
-    // Once PostgreSQL answers (the API starts without it and reports it in /health).
+    // The migrations checked the owner already; otherwise once PostgreSQL answers (the API starts
+    // without it and reports it in /health).
     let db = state.db.clone();
-    tokio::spawn(async move {
-        while db::check_owner(&db).await.is_err() {
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-        }
-    });
+    if !migrated {
+        tokio::spawn(async move {
+            while db::check_owner(&db).await.is_err() {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+        });
+    }
     tracing::info!(%addr, "tenant-api listening");
     crate::serve(state, listener, shutdown_signal()).await?;
     tracing::info!("tenant-api stopped");

@@ -24,18 +24,11 @@ pub fn client(url: &str, config: &Config) -> Result<redis::Client> {
     if !url.starts_with("rediss://") {
         return Ok(redis::Client::open(url)?);
     }
-    install_crypto_provider();
+    crate::install_crypto_provider();
     Ok(match config.redis_tls.certificates() {
         Some(certs) => redis::Client::build_with_tls(url, certs)?,
         None => redis::Client::open(url)?,
     })
-}
-
-/// rustls cannot pick a crypto provider by itself when the build holds two (ring, and aws-lc-rs
-/// through object_store); the service's TLS clients (Redis, Stripe) settle on ring, unless the
-/// program installed one already.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn connect_to(url: &str, config: &Config) -> Result<ConnectionManager> {
@@ -76,7 +69,7 @@ pub fn connect_quota(config: &Config) -> Result<QuotaConn> {
                 .retries(2)
                 .max_retry_wait(500);
             if nodes.expose().iter().any(|n| n.starts_with("rediss://")) {
-                install_crypto_provider();
+                crate::install_crypto_provider();
                 if let Some(certs) = config.redis_tls.certificates() {
                     builder = builder.certs(certs);
                 }

@@ -34,3 +34,10 @@ pub use error::{Error, Result};
 pub use ids::{JobId, PlanId, TenantId};
 pub use secret::Secret;
 pub use status::TenantStatus;
+
+/// rustls cannot pick a crypto provider by itself when the build holds two (ring, and aws-lc-rs
+/// through object_store); the service's TLS clients (Redis, Stripe) settle on ring, unless the
+/// program installed one already.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

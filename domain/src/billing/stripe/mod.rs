@@ -99,7 +99,7 @@ impl StripeBilling {
     pub fn new(settings: &StripeSettings) -> anyhow::Result<Self> {
         // async-stripe's connector takes rustls' process-wide crypto provider (ring, the one
         // async-stripe is built with).
-        crate::kv::install_crypto_provider();
+        crate::install_crypto_provider();
         let key = settings.secret_key.expose();
         let mut builder = ClientBuilder::new(key.as_str()).timeout(CALL_TIMEOUT);
         if let Some(base) = &settings.api_base {
