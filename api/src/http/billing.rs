@@ -221,7 +221,7 @@ pub async fn change_plan(
     state.metrics.operation("change_plan", true, started);
     let location = format!("/api/v1/jobs/{}", job.id);
     let body = Envelope { success: true, data: PlanChangeAccepted { job, quote }, meta: None };
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], axum::Json(body)).into_response())
+    Ok(([(header::LOCATION, location)], response::json(StatusCode::ACCEPTED, &body)).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/tenants/{id}/invoices", tag = "billing", security(("bearer" = [])),

@@ -102,7 +102,7 @@ impl IntoResponse for ApiError {
             success: false,
             error: ErrorDetail { code: self.code, message: self.message.into_owned(), details: self.details },
         };
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = super::response::json(self.status, &body);
         response.extensions_mut().insert(ErrorCode(self.code));
         response
     }

@@ -122,7 +122,7 @@ async fn claim(
     match (status, body) {
         (Some(status), Some(body)) => {
             let location = job_location(&body);
-            let mut response = (status, axum::Json(body)).into_response();
+            let mut response = super::response::json(status, &body);
             response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             if let Some(location) = location {
                 response.headers_mut().insert(axum::http::header::LOCATION, location);

@@ -7,7 +7,7 @@ use super::access::{Platform, PlatformUser, TenantAccess};
 use super::error::{ApiError, Result};
 use super::extract::{Json, RequestId};
 use super::idempotency::{self, Begin, IdempotencyKey};
-use super::response::Envelope;
+use super::response::{self, Envelope};
 use super::validate;
 use crate::AppState;
 use axum::extract::State;
@@ -256,7 +256,7 @@ async fn accept(
     // The new status (provisioning, deleting) holds for quota checks at once.
     super::quotas::mirror_after_commit(state, tenant_id).await;
     let location = format!("/api/v1/jobs/{job_id}");
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], axum::Json(body)).into_response())
+    Ok(([(header::LOCATION, location)], response::json(StatusCode::ACCEPTED, &body)).into_response())
 }
 
 async fn insert_job(

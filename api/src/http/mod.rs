@@ -9,6 +9,7 @@ pub mod console;
 pub mod error;
 pub mod extract;
 pub mod features;
+pub mod guard;
 pub mod health;
 pub mod idempotency;
 pub mod internal;
@@ -28,10 +29,10 @@ pub mod validate;
 
 use crate::AppState;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderName, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, Method, header};
+use axum::middleware;
+use axum::response::IntoResponse;
 use axum::routing::{get, patch, post};
 use error::ApiError;
 use std::sync::Arc;
@@ -113,8 +114,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(CatchPanicLayer::custom(|_| {
                     ApiError::internal(anyhow::anyhow!("handler panicked")).into_response()
                 }))
-                .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
-                .layer(middleware::from_fn_with_state(state.clone(), deadline))
+                .layer(guard::GuardLayer::new(state.clone()))
                 .layer(DefaultBodyLimit::max(state.config.body_limit_bytes)),
         )
         .with_state(state)
@@ -122,19 +122,24 @@ pub fn router(state: AppState) -> Router {
 
 /// The routes other services call on their own hot path, thousands of times a second. At the
 /// default level they cost no log line and no span (errors and slow ones are still logged, see
-/// `metrics::track`, and every request is in the Prometheus histogram); `RUST_LOG=debug` brings
+/// `metrics::record`, and every request is in the Prometheus histogram); `RUST_LOG=debug` brings
 /// both back.
-pub const HOT_ROUTES: [&str; 6] = [
-    "/internal/tenants/{id}/quota-check",
-    "/internal/tenants/{id}/usage",
-    "/internal/tenants/{id}/context",
-    "/internal/tenants/{id}/features",
-    "/internal/tenants/validate",
-    "/livez",
+pub const HOT_ROUTES: [(Method, &str); 6] = [
+    (Method::POST, "/internal/tenants/{id}/quota-check"),
+    (Method::POST, "/internal/tenants/{id}/usage"),
+    (Method::GET, "/internal/tenants/{id}/context"),
+    (Method::GET, "/internal/tenants/{id}/features"),
+    (Method::POST, "/internal/tenants/validate"),
+    (Method::GET, "/livez"),
 ];
 
 pub fn is_hot(route: &str) -> bool {
-    HOT_ROUTES.contains(&route)
+    HOT_ROUTES.iter().any(|(_, hot)| *hot == route)
+}
+
+/// The index in [`HOT_ROUTES`] of `method route`.
+pub fn hot_route(method: &Method, route: &str) -> Option<usize> {
+    HOT_ROUTES.iter().position(|(m, hot)| m == method && *hot == route)
 }
 
 // `tenant_id` is filled in once the request is authorized for a tenant (the `access` gate),
@@ -161,14 +166,4 @@ fn make_span(request: &Request) -> tracing::Span {
         tenant_id = tracing::field::Empty,
         service = tracing::field::Empty
     )
-}
-
-/// Bounds every request by `HTTP_REQUEST_TIMEOUT_MS`, answering 503 in the envelope.
-async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(state.config.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            ApiError::unavailable("the request timed out", anyhow::anyhow!("request deadline exceeded")).into_response()
-        }
-    }
 }

@@ -44,6 +44,7 @@ pub struct CheckResponse {
     pub used: i64,
     pub remaining: i64,
     /// End of the current window; null for gauges.
+    #[serde(serialize_with = "response::utc_seconds")]
     pub reset_at: Option<DateTime<Utc>>,
     /// True when Redis was unreachable and the resource is configured to fail open.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
