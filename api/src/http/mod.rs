@@ -38,7 +38,7 @@ use error::ApiError;
 use std::sync::Arc;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
@@ -106,7 +106,7 @@ pub fn router(state: AppState) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
-                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(SetRequestIdLayer::new(REQUEST_ID, NewRequestId))
                 .layer(
                     TraceLayer::new_for_http().make_span_with(make_span).on_request(()).on_response(()).on_failure(()),
                 )
@@ -132,6 +132,19 @@ pub const HOT_ROUTES: [(Method, &str); 6] = [
     (Method::POST, "/internal/tenants/validate"),
     (Method::GET, "/livez"),
 ];
+
+/// A random (v4) UUID for a request that came without `x-request-id`: tower-http's
+/// `MakeRequestUuid`, without formatting it into a `String` first.
+#[derive(Clone, Copy)]
+struct NewRequestId;
+
+impl MakeRequestId for NewRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        axum::http::HeaderValue::from_str(id).ok().map(RequestId::new)
+    }
+}
 
 pub fn is_hot(route: &str) -> bool {
     HOT_ROUTES.iter().any(|(_, hot)| *hot == route)

@@ -4,7 +4,7 @@ use super::error::{ApiError, ErrorCode, Result};
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use chrono::{DateTime, Datelike, Timelike, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -62,30 +62,46 @@ fn with_body(status: StatusCode, body: Body) -> Response {
 }
 
 /// `serialize_with` for an optional whole-second UTC time on a hot route: the same text as
-/// chrono's own `Serialize` (`2026-12-01T00:00:00Z`), written without `core::fmt`, which formats
-/// it a character at a time through serde_json's escaping writer. Anything else (a fraction of a
-/// second, a year outside 0–9999) goes through chrono.
+/// chrono's own `Serialize` (`2026-12-01T00:00:00Z`), computed from the Unix time and written
+/// without `core::fmt`, which chrono formats through a character at a time. Anything else (a
+/// fraction of a second, a year outside 0–9999) goes through chrono.
 pub fn utc_seconds<S: Serializer>(time: &Option<DateTime<Utc>>, serializer: S) -> Result<S::Ok, S::Error> {
     let Some(time) = time else { return serializer.serialize_none() };
-    let year = time.year();
-    if time.nanosecond() != 0 || !(0..=9999).contains(&year) {
+    let seconds = time.timestamp();
+    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
+    if time.timestamp_subsec_nanos() != 0 || !(0..=9999).contains(&year) {
         return serializer.serialize_some(time);
     }
+    let of_day = seconds.rem_euclid(86_400);
     let mut text = *b"0000-00-00T00:00:00Z";
-    let mut put = |at: usize, width: usize, mut n: u32| {
+    let mut put = |at: usize, width: usize, mut n: i64| {
         for i in (at..at + width).rev() {
             text[i] = b'0' + (n % 10) as u8;
             n /= 10;
         }
     };
-    put(0, 4, year.unsigned_abs());
-    put(5, 2, time.month());
-    put(8, 2, time.day());
-    put(11, 2, time.hour());
-    put(14, 2, time.minute());
-    put(17, 2, time.second());
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, of_day / 3600);
+    put(14, 2, of_day / 60 % 60);
+    put(17, 2, of_day % 60);
     // ASCII digits and separators only.
     serializer.serialize_some(std::str::from_utf8(&text).unwrap_or_default())
+}
+
+/// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01 (H. Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// `?page&limit` of every paged list: page 1 and 20 items unless asked otherwise.
@@ -140,9 +156,12 @@ mod tests {
             let chrono = serde_json::to_string(&Some(time)).expect("chrono");
             assert_eq!(serde_json::to_string(&Fast(Some(time))).expect("fast"), chrono, "{text}");
         }
-        // Every second of one day and the first second of every day over four years.
+        // Every second of one day, and every 29th day of the years 0000 to 9999 (each at another
+        // second of the day), on past the year 9999 where chrono takes over.
         let start: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().expect("start");
-        for s in (0..86_400).chain((0..1461).map(|d| d * 86_400)) {
+        let year_zero = "0000-01-01T00:00:00Z".parse::<DateTime<Utc>>().expect("year 0") - start;
+        let days = (0..126_000).map(|n| year_zero.num_seconds() + n * (29 * 86_400 + 13));
+        for s in (0..86_400).chain(days) {
             let time = start + chrono::Duration::seconds(s);
             assert_eq!(
                 serde_json::to_string(&Fast(Some(time))).expect("fast"),
