@@ -124,6 +124,32 @@ async fn missing_bad_and_expired_tokens_are_401() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
+/// A handler that panics answers a 500 in the envelope, with its request id, and is counted —
+/// the guard layer catches it (a route of its own on the service's real state and layer).
+#[tokio::test]
+async fn a_panicking_handler_answers_500_in_the_envelope_and_is_counted() {
+    use axum::body::Body;
+    use tower::ServiceExt;
+    async fn boom() -> &'static str {
+        panic!("a handler bug")
+    }
+    let app = TestApp::spawn().await;
+    let boom = axum::Router::new()
+        .route("/boom", axum::routing::get(boom))
+        .layer(tenant_api::http::guard::GuardLayer::new(app.state.clone()));
+    let request = axum::http::Request::get("/boom").header("x-request-id", "req-boom").body(Body::empty());
+    let res = boom.oneshot(request.expect("request")).await.expect("infallible");
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(res.headers()["x-request-id"], "req-boom");
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 16).await.expect("body");
+    let body: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_error(&body, "INTERNAL");
+    assert_eq!(body["error"]["message"], json!("internal error"), "no panic text leaves: {body}");
+    let m = &app.state.metrics;
+    assert_eq!(m.http_requests.with_label_values(&["GET", "/boom", "500"]).get(), 1);
+    assert_eq!(m.errors.with_label_values(&["INTERNAL"]).get(), 1);
+}
+
 #[tokio::test]
 async fn responses_carry_a_request_id() {
     let app = TestApp::spawn().await;

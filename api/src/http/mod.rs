@@ -29,20 +29,12 @@ pub mod validate;
 
 use crate::AppState;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{HeaderName, Method, header};
+use axum::extract::DefaultBodyLimit;
+use axum::http::Method;
 use axum::middleware;
-use axum::response::IntoResponse;
 use axum::routing::{get, patch, post};
 use error::ApiError;
-use std::sync::Arc;
 use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::TraceLayer;
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
@@ -94,7 +86,6 @@ pub fn router(state: AppState) -> Router {
         operations = operations.route("/metrics", get(metrics::scrape));
     }
 
-    let sensitive: Arc<[HeaderName]> = Arc::new([header::AUTHORIZATION, HeaderName::from_static("x-service-token")]);
     Router::new()
         .merge(api)
         .merge(internal)
@@ -103,17 +94,9 @@ pub fn router(state: AppState) -> Router {
         .merge(console::routes())
         .fallback(|| async { ApiError::route_not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        // The request id, span, panics, deadline and measurements: see `guard`.
         .layer(
             ServiceBuilder::new()
-                .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
-                .layer(SetRequestIdLayer::new(REQUEST_ID, NewRequestId))
-                .layer(
-                    TraceLayer::new_for_http().make_span_with(make_span).on_request(()).on_response(()).on_failure(()),
-                )
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(CatchPanicLayer::custom(|_| {
-                    ApiError::internal(anyhow::anyhow!("handler panicked")).into_response()
-                }))
                 .layer(guard::GuardLayer::new(state.clone()))
                 .layer(DefaultBodyLimit::max(state.config.body_limit_bytes)),
         )
@@ -133,19 +116,6 @@ pub const HOT_ROUTES: [(Method, &str); 6] = [
     (Method::GET, "/livez"),
 ];
 
-/// A random (v4) UUID for a request that came without `x-request-id`: tower-http's
-/// `MakeRequestUuid`, without formatting it into a `String` first.
-#[derive(Clone, Copy)]
-struct NewRequestId;
-
-impl MakeRequestId for NewRequestId {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-        axum::http::HeaderValue::from_str(id).ok().map(RequestId::new)
-    }
-}
-
 pub fn is_hot(route: &str) -> bool {
     HOT_ROUTES.iter().any(|(_, hot)| *hot == route)
 }
@@ -153,30 +123,4 @@ pub fn is_hot(route: &str) -> bool {
 /// The index in [`HOT_ROUTES`] of `method route`.
 pub fn hot_route(method: &Method, route: &str) -> Option<usize> {
     HOT_ROUTES.iter().position(|(m, hot)| m == method && *hot == route)
-}
-
-// `tenant_id` is filled in once the request is authorized for a tenant (the `access` gate),
-// `service` once an internal call's service token is (`auth::require_service_token`).
-fn make_span(request: &Request) -> tracing::Span {
-    let hot = request.extensions().get::<axum::extract::MatchedPath>().is_some_and(|p| is_hot(p.as_str()));
-    if hot {
-        // Disabled at the default level: no fields are formatted, nothing is allocated.
-        return tracing::debug_span!(
-            "http",
-            method = %request.method(),
-            path = %request.uri().path(),
-            request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-"),
-            tenant_id = tracing::field::Empty,
-            service = tracing::field::Empty
-        );
-    }
-    let request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-    tracing::info_span!(
-        "http",
-        method = %request.method(),
-        path = %request.uri().path(),
-        request_id,
-        tenant_id = tracing::field::Empty,
-        service = tracing::field::Empty
-    )
 }
