@@ -173,7 +173,11 @@ impl ContextStore {
     }
 
     fn keys(&self, id: TenantId) -> (String, String) {
-        (format!("{}t:{id}:ctx", self.prefix), format!("{}t:{id}:ctxver", self.prefix))
+        (format!("{}t:{id}:ctx", self.prefix), self.version_key(id))
+    }
+
+    fn version_key(&self, id: TenantId) -> String {
+        format!("{}t:{id}:ctxver", self.prefix)
     }
 
     /// The pub/sub channel every replica listens on.
@@ -193,15 +197,19 @@ impl ContextStore {
 
     /// The tenant's current context version (bumped by every invalidation).
     pub async fn version(&self, id: TenantId) -> redis::RedisResult<String> {
-        let (_, ver_key) = self.keys(id);
+        let mut ver_key = self.version_key(id);
         if let Some(versions) = &self.versions {
             let (reply, answer) = tokio::sync::oneshot::channel();
-            if versions.send((ver_key.clone(), reply)).is_ok() {
-                return match answer.await {
-                    Ok(Ok(version)) => Ok(version.unwrap_or_else(|| "0".into())),
-                    Ok(Err(message)) => Err((redis::ErrorKind::Io, "context version read failed", message).into()),
-                    Err(_) => Err((redis::ErrorKind::Io, "context version batcher stopped").into()),
-                };
+            match versions.send((ver_key, reply)) {
+                Ok(()) => {
+                    return match answer.await {
+                        Ok(Ok(version)) => Ok(version.unwrap_or_else(|| "0".into())),
+                        Ok(Err(message)) => Err((redis::ErrorKind::Io, "context version read failed", message).into()),
+                        Err(_) => Err((redis::ErrorKind::Io, "context version batcher stopped").into()),
+                    };
+                }
+                // The batcher is gone (its runtime ended): a `GET` of our own.
+                Err(tokio::sync::mpsc::error::SendError((key, _))) => ver_key = key,
             }
         }
         let mut conn = self.conn.clone();

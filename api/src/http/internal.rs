@@ -87,5 +87,6 @@ pub async fn context(
     Path(id): Path<TenantId>,
 ) -> Result<Response> {
     let cached = state.contexts.get(&state.db, &state.cipher, id).await?.ok_or_else(Error::tenant_not_found)?;
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], cached.envelope.clone()).into_response())
+    let json = axum::http::HeaderValue::from_static("application/json");
+    Ok(([(axum::http::header::CONTENT_TYPE, json)], cached.envelope.clone()).into_response())
 }

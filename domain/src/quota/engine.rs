@@ -128,9 +128,35 @@ pub enum RawOutcome {
 }
 
 /// One script call's answer, before the period is settled.
-enum Reply {
+enum Answer {
     Raw(RawOutcome),
     OtherPeriod(Period),
+}
+
+/// The script's line of figures: code, limit, used, reset_at, status, crossed, granted, replayed
+/// (see `check.lua`).
+struct Reply<'a>(i64, i64, i64, i64, &'a str, &'a str, i64, i64);
+
+impl<'a> Reply<'a> {
+    fn parse(line: &'a str) -> Option<Self> {
+        let mut fields = line.split(' ');
+        let mut text = || fields.next();
+        let (code, limit, used, reset_at) = (text()?, text()?, text()?, text()?);
+        let (status, crossed, granted, replayed) = (text()?, text()?, text()?, text()?);
+        if text().is_some() {
+            return None;
+        }
+        Some(Reply(
+            code.parse().ok()?,
+            limit.parse().ok()?,
+            used.parse().ok()?,
+            reset_at.parse().ok()?,
+            status,
+            crossed,
+            granted.parse().ok()?,
+            replayed.parse().ok()?,
+        ))
+    }
 }
 
 pub struct QuotaEngine {
@@ -254,8 +280,8 @@ impl QuotaEngine {
         let mut mode = mode;
         for _ in 0..3 {
             match self.evaluate_as(tenant, resource, period, amount, mode, now, idempotency_key).await? {
-                Reply::Raw(raw) => return Ok(raw),
-                Reply::OtherPeriod(actual) => {
+                Answer::Raw(raw) => return Ok(raw),
+                Answer::OtherPeriod(actual) => {
                     self.periods.learn(tenant, resource, actual);
                     period = actual;
                     mode = mode.given_back();
@@ -278,11 +304,13 @@ impl QuotaEngine {
         now: DateTime<Utc>,
         idempotency_key: Option<&str>,
     ) -> String {
-        let counter = self.keys.counter(tenant, resource.as_str(), period, now);
-        let (start, end) = window(period, now).map_or((0, 0), |w| (w.start.timestamp(), w.end.timestamp()));
+        let base = self.keys.base(tenant);
+        let window = window(period, now);
+        let counter = KeyLayout::counter_in(base.clone(), resource.as_str(), window);
+        let (start, end) = window.map_or((0, 0), |w| (w.start.timestamp(), w.end.timestamp()));
         let idem = idempotency_key.filter(|_| mode != Mode::Check);
         cmd.arg(if idem.is_some() { 5 } else { 4 })
-            .arg(self.keys.state(tenant))
+            .arg(KeyLayout::state_in(base))
             .arg(&counter)
             .arg(KeyLayout::thresholds(&counter));
         match &self.relay {
@@ -292,7 +320,8 @@ impl QuotaEngine {
         if let Some(key) = idem {
             cmd.arg(self.keys.idempotency(tenant, key));
         }
-        cmd.arg(tenant.to_string())
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        cmd.arg(&*tenant.0.hyphenated().encode_lower(&mut id))
             .arg(resource.as_str())
             .arg(amount)
             .arg(mode.as_str())
@@ -316,7 +345,7 @@ impl QuotaEngine {
         mode: Mode,
         now: DateTime<Utc>,
         idempotency_key: Option<&str>,
-    ) -> Result<Reply, QuotaError> {
+    ) -> Result<Answer, QuotaError> {
         // One command built in place (a ScriptInvocation would copy every argument twice).
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.script.get_hash());
@@ -333,12 +362,13 @@ impl QuotaEngine {
                 other => other,
             }
         };
-        let reply: (i64, i64, i64, i64, String, String, i64, i64, Vec<String>) = within(self.timeout, call).await?;
-        let (code, limit, used, reset_at, status, crossed, granted, replayed, events) = reply;
+        let (line, events): (String, Vec<String>) = within(self.timeout, call).await?;
+        let Reply(code, limit, used, reset_at, status, crossed, granted, replayed) =
+            Reply::parse(&line).ok_or(QuotaError::Inconsistent("malformed reply of the quota script"))?;
         if !events.is_empty() {
             self.relay(tenant, &events).await;
         }
-        Ok(Reply::Raw(match code {
+        Ok(Answer::Raw(match code {
             1 | 0 => RawOutcome::Decided(Decision {
                 allowed: code == 1,
                 limit,
@@ -351,10 +381,10 @@ impl QuotaEngine {
             }),
             -1 => RawOutcome::NoState,
             -2 if status == "unknown" => RawOutcome::Final(Outcome::UnknownTenant),
-            -2 => RawOutcome::Final(Outcome::NotActive(status)),
+            -2 => RawOutcome::Final(Outcome::NotActive(status.to_owned())),
             -4 => {
-                let actual = Period::parse(&status).ok_or(QuotaError::Inconsistent("unknown reset period in Redis"))?;
-                return Ok(Reply::OtherPeriod(actual));
+                let actual = Period::parse(status).ok_or(QuotaError::Inconsistent("unknown reset period in Redis"))?;
+                return Ok(Answer::OtherPeriod(actual));
             }
             _ => RawOutcome::Final(Outcome::NoLimit),
         }))
@@ -409,4 +439,25 @@ pub fn script_source(config: &Config) -> String {
         .replace("__MAXLEN__", &config.events_stream_maxlen.to_string())
         .replace("__GRACE__", &config.quota.window_grace.as_secs().to_string())
         .replace("__RELAY__", if config.quota.redis.relays_events() { "true" } else { "false" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reply;
+
+    #[test]
+    fn the_scripts_line_of_figures_parses_with_empty_texts_and_refuses_anything_else() {
+        let r = Reply::parse("1 1000000000000000 42 1796083200 active 75,90 100 0").expect("allowed");
+        assert_eq!(
+            (r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7),
+            (1, 1_000_000_000_000_000, 42, 1796083200, "active", "75,90", 100, 0)
+        );
+        let r = Reply::parse("-1 0 0 0   0 0").expect("no state: empty status and crossed");
+        assert_eq!((r.0, r.4, r.5), (-1, "", ""));
+        let r = Reply::parse("-4 0 0 0 hourly  0 0").expect("other period");
+        assert_eq!((r.0, r.4), (-4, "hourly"));
+        for bad in ["", "1 2 3", "1 2 3 4 active  0 0 extra", "1 2 3 x active  0 0", "1 2 3 4 active  0 1.5"] {
+            assert!(Reply::parse(bad).is_none(), "{bad:?}");
+        }
+    }
 }

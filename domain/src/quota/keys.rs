@@ -14,7 +14,7 @@
 //! - `events` — list of threshold events waiting to be relayed to the events stream, when the
 //!   counters do not live on `REDIS_URL` (see `quota::events`)
 
-use super::{Period, Resource, window};
+use super::{Period, Resource, Window, window};
 use crate::TenantId;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -35,21 +35,43 @@ impl KeyLayout {
         Self { prefix: prefix.into(), hash_tag }
     }
 
-    /// `<prefix>t:<tenant>:`, or `<prefix>t:{<tenant>}:` on a cluster.
+    /// `<prefix>t:<tenant>:`, or `<prefix>t:{<tenant>}:` on a cluster. Written without `core::fmt`
+    /// (a check names three or four keys from it).
     pub fn base(&self, tenant: TenantId) -> String {
-        if self.hash_tag { format!("{}t:{{{tenant}}}:", self.prefix) } else { format!("{}t:{tenant}:", self.prefix) }
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = tenant.0.hyphenated().encode_lower(&mut id);
+        let mut base = String::with_capacity(self.prefix.len() + id.len() + 40);
+        base.push_str(&self.prefix);
+        base.push_str(if self.hash_tag { "t:{" } else { "t:" });
+        base.push_str(id);
+        base.push_str(if self.hash_tag { "}:" } else { ":" });
+        base
     }
 
     pub fn state(&self, tenant: TenantId) -> String {
-        format!("{}state", self.base(tenant))
+        Self::state_in(self.base(tenant))
+    }
+
+    /// The state key, from the tenant's [`Self::base`].
+    pub fn state_in(mut base: String) -> String {
+        base.push_str("state");
+        base
     }
 
     /// The counter of `resource` for the window of `period` containing `now` (a gauge: no window).
     pub fn counter(&self, tenant: TenantId, resource: &str, period: Period, now: DateTime<Utc>) -> String {
-        match window(period, now) {
-            Some(w) => format!("{}u:{resource}:{}", self.base(tenant), w.start.timestamp()),
-            None => format!("{}u:{resource}", self.base(tenant)),
+        Self::counter_in(self.base(tenant), resource, window(period, now))
+    }
+
+    /// [`Self::counter`] of the window `window`, from the tenant's [`Self::base`].
+    pub fn counter_in(mut base: String, resource: &str, window: Option<Window>) -> String {
+        base.push_str("u:");
+        base.push_str(resource);
+        if let Some(w) = window {
+            base.push(':');
+            base.push_str(itoa::Buffer::new().format(w.start.timestamp()));
         }
+        base
     }
 
     /// The thresholds already crossed by the counter `counter`.
@@ -160,6 +182,8 @@ mod tests {
             all.extend(keys.gauge_keys(tenant));
             if hash_tag {
                 assert!(all.iter().all(|k| hashed(k) == tenant.to_string()), "{all:?}");
+                assert_eq!(all[0], format!("tenant:t:{{{tenant}}}:state"));
+                assert_eq!(all[2], format!("tenant:t:{{{tenant}}}:u:api_calls:1795737600"));
             } else {
                 assert_eq!(all[0], format!("tenant:t:{tenant}:state"), "the single-node names are unchanged");
                 assert_eq!(all[2], format!("tenant:t:{tenant}:u:api_calls:1795737600"));
