@@ -176,8 +176,16 @@ impl ContextStore {
         (format!("{}t:{id}:ctx", self.prefix), self.version_key(id))
     }
 
+    /// `<prefix>t:<tenant>:ctxver`, read on every context request: written without `core::fmt`.
     fn version_key(&self, id: TenantId) -> String {
-        format!("{}t:{id}:ctxver", self.prefix)
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = id.0.hyphenated().encode_lower(&mut text);
+        let mut key = String::with_capacity(self.prefix.len() + id.len() + 10);
+        key.push_str(&self.prefix);
+        key.push_str("t:");
+        key.push_str(id);
+        key.push_str(":ctxver");
+        key
     }
 
     /// The pub/sub channel every replica listens on.
