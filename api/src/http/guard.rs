@@ -92,14 +92,15 @@ where
         };
         let method = request.method().clone();
         let route = request.extensions().get::<MatchedPath>().cloned();
-        let span = make_span(&request, route.as_ref(), &request_id);
+        let hot = route.as_ref().and_then(|r| super::hot_route(&method, r.as_str()));
+        let span = make_span(&request, hot.is_some(), &request_id);
         let inner = {
             let _entered = span.enter();
             catch_unwind(AssertUnwindSafe(|| self.inner.call(request)))
                 .ok()
                 .map(|future| tokio::time::timeout(self.state.config.request_timeout, future))
         };
-        GuardFuture { inner, state: self.state.clone(), started, method, route, request_id, span }
+        GuardFuture { inner, state: self.state.clone(), started, method, route, hot, request_id, span }
     }
 }
 
@@ -112,6 +113,8 @@ pin_project! {
         started: Instant,
         method: Method,
         route: Option<MatchedPath>,
+        // The index in `HOT_ROUTES` of this request's method and route, if it is one.
+        hot: Option<usize>,
         request_id: HeaderValue,
         span: Span,
     }
@@ -143,7 +146,8 @@ where
         if let Entry::Vacant(slot) = response.headers_mut().entry(REQUEST_ID) {
             slot.insert(this.request_id.clone());
         }
-        super::metrics::record(this.state, this.method, this.route.as_ref(), this.started.elapsed(), &response);
+        let elapsed = this.started.elapsed();
+        super::metrics::record(this.state, this.method, this.route.as_ref(), *this.hot, elapsed, &response);
         Poll::Ready(Ok(response))
     }
 }
@@ -157,8 +161,8 @@ fn new_request_id() -> HeaderValue {
 
 // `tenant_id` is filled in once the request is authorized for a tenant (the `access` gate),
 // `service` once an internal call's service token is (the `ServiceCaller` extractor).
-fn make_span(request: &Request, route: Option<&MatchedPath>, request_id: &HeaderValue) -> Span {
-    if route.is_some_and(|r| super::is_hot(r.as_str())) {
+fn make_span(request: &Request, hot: bool, request_id: &HeaderValue) -> Span {
+    if hot {
         // Disabled at the default level: no fields are formatted, nothing is allocated.
         return tracing::debug_span!(
             "http",

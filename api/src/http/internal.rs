@@ -7,7 +7,8 @@ use super::extract::Path;
 use super::response::{self, Envelope};
 use crate::AppState;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use tenant_domain::Error;
 use tenant_domain::context::TenantContext;
@@ -87,6 +88,5 @@ pub async fn context(
     Path(id): Path<TenantId>,
 ) -> Result<Response> {
     let cached = state.contexts.get(&state.db, &state.cipher, id).await?.ok_or_else(Error::tenant_not_found)?;
-    let json = axum::http::HeaderValue::from_static("application/json");
-    Ok(([(axum::http::header::CONTENT_TYPE, json)], cached.envelope.clone()).into_response())
+    Ok(response::with_body(StatusCode::OK, cached.envelope.clone()))
 }

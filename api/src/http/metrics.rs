@@ -154,14 +154,22 @@ impl Metrics {
 /// Records a request's count and duration and its error's code, and logs it: at info, but health
 /// checks, scrapes and the hot routes ([`super::HOT_ROUTES`]) at debug — a hot request that fails
 /// (5xx) or is slower than `HTTP_SLOW_REQUEST_MS` is logged at error/warn. Called for every
-/// request by the [`super::guard`] layer.
-pub fn record(state: &AppState, method: &Method, route: Option<&MatchedPath>, elapsed: Duration, response: &Response) {
+/// request by the [`super::guard`] layer, which knows `hot`: the request's index in
+/// [`super::HOT_ROUTES`] (method and route), if it is one.
+pub fn record(
+    state: &AppState,
+    method: &Method,
+    route: Option<&MatchedPath>,
+    hot: Option<usize>,
+    elapsed: Duration,
+    response: &Response,
+) {
     let route = route.map_or("unmatched", MatchedPath::as_str);
     let status = response.status();
     let m = &state.metrics;
     let seconds = elapsed.as_secs_f64();
     // A hot route's series are looked up once, at start; a 200 from one costs no label lookup.
-    match super::hot_route(method, route).map(|i| &m.hot[i]) {
+    match hot.map(|i| &m.hot[i]) {
         Some(hot) => {
             if status == StatusCode::OK {
                 hot.ok.inc();
@@ -179,7 +187,7 @@ pub fn record(state: &AppState, method: &Method, route: Option<&MatchedPath>, el
         m.errors.with_label_values(&[code]).inc();
     }
     let latency_ms = seconds * 1000.0;
-    if super::is_hot(route) {
+    if hot.is_some() {
         // The hot path: an access line at debug only; what an operator must see stays visible.
         if status.is_server_error() {
             tracing::error!(%method, %route, status = status.as_u16(), latency_ms, "request failed");

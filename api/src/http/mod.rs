@@ -116,10 +116,6 @@ pub const HOT_ROUTES: [(Method, &str); 6] = [
     (Method::GET, "/livez"),
 ];
 
-pub fn is_hot(route: &str) -> bool {
-    HOT_ROUTES.iter().any(|(_, hot)| *hot == route)
-}
-
 /// The index in [`HOT_ROUTES`] of `method route`.
 pub fn hot_route(method: &Method, route: &str) -> Option<usize> {
     HOT_ROUTES.iter().position(|(m, hot)| m == method && *hot == route)

@@ -54,8 +54,9 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
     with_body(status, Body::from(body))
 }
 
-fn with_body(status: StatusCode, body: Body) -> Response {
-    let mut response = Response::new(body);
+/// A body that is JSON already (a cached, pre-serialized envelope).
+pub fn with_body(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
