@@ -8,11 +8,13 @@
 //!
 //! Pub/sub alone is "at once" only up to the moment a replica gets round to the message, so a
 //! request arriving right behind it could still read the old copy. Each in-process copy therefore
-//! remembers the version it was read under and is served only while Redis still has that version
-//! (one tiny `GET` instead of fetching and decoding the context): the very next read after a
-//! change sees it, on every replica. If Redis can't answer, the in-process copy is served as is.
-//! A load racing an invalidation is not cached (the version check in Redis, and a generation
-//! counter for the process).
+//! remembers the epoch it was last checked under and the tenant's version it was read under, and
+//! is served only while Redis still has that epoch — or, once the epoch moved (some tenant
+//! changed), still has that version of this tenant. The epoch read is shared by all requests
+//! waiting at the time (one `GET` per round trip, see `tenant_domain::context`), and the very
+//! next read after a change sees it, on every replica. If Redis can't answer, the in-process copy
+//! is served as is. A load racing an invalidation is not cached (the version check in Redis, and a
+//! generation counter for the process).
 
 use futures::StreamExt;
 use redis::aio::ConnectionManager;
@@ -42,39 +44,48 @@ impl CachedContext {
     }
 }
 
-/// A context, the Redis version it was read under, and when it was cached.
-type Entry = (Arc<CachedContext>, String, Instant);
+/// A cached context, the tenant's Redis version it was read under, the epoch it was last checked
+/// under, and when it was cached.
+struct Entry {
+    cached: Arc<CachedContext>,
+    version: String,
+    epoch: AtomicU64,
+    at: Instant,
+}
 
 /// The in-process level: a map read under a shared lock, entries expiring after a TTL, cleared
 /// wholesale if it ever outgrows its capacity (tenants number in the hundreds to thousands).
 struct Local {
-    map: RwLock<HashMap<TenantId, Entry>>,
+    map: RwLock<HashMap<TenantId, Arc<Entry>>>,
     ttl: Duration,
     capacity: usize,
 }
 
 impl Local {
-    fn get(&self, id: &TenantId) -> Option<(Arc<CachedContext>, String)> {
+    fn get(&self, id: &TenantId) -> Option<Arc<Entry>> {
         let map = self.map.read().ok()?;
-        let (ctx, version, at) = map.get(id)?;
-        (at.elapsed() < self.ttl).then(|| (ctx.clone(), version.clone()))
+        let entry = map.get(id)?;
+        (entry.at.elapsed() < self.ttl).then(|| entry.clone())
     }
 
-    fn insert(&self, id: TenantId, ctx: Arc<CachedContext>, version: String) {
+    fn insert(&self, id: TenantId, entry: Entry) {
         if let Ok(mut map) = self.map.write() {
             if map.len() >= self.capacity {
                 let ttl = self.ttl;
-                map.retain(|_, (_, _, at)| at.elapsed() < ttl);
+                map.retain(|_, entry| entry.at.elapsed() < ttl);
                 if map.len() >= self.capacity {
                     map.clear();
                 }
             }
-            map.insert(id, (ctx, version, Instant::now()));
+            map.insert(id, Arc::new(entry));
         }
     }
 
-    fn invalidate(&self, id: &TenantId) {
-        if let Ok(mut map) = self.map.write() {
+    /// Drops the tenant's copy — only `entry` when given (a newer one stays).
+    fn invalidate(&self, id: &TenantId, entry: Option<&Arc<Entry>>) {
+        if let Ok(mut map) = self.map.write()
+            && map.get(id).is_some_and(|current| entry.is_none_or(|seen| Arc::ptr_eq(current, seen)))
+        {
             map.remove(id);
         }
     }
@@ -105,7 +116,7 @@ impl ContextCache {
                 ttl: config.cache.local_ttl.min(config.tenant_config_ttl),
                 capacity: usize::try_from(config.cache.local_capacity).unwrap_or(usize::MAX),
             },
-            store: ContextStore::new(config, conn).batching_versions(),
+            store: ContextStore::new(config, conn).reading_in_rounds(),
             generation: AtomicU64::new(0),
             loading: Mutex::new(HashMap::new()),
             local_hits: AtomicU64::new(0),
@@ -147,22 +158,36 @@ impl ContextCache {
         loaded
     }
 
-    /// The in-process copy, while Redis still holds the version it was read under.
+    /// The in-process copy, while Redis still holds the epoch it was checked under, or else the
+    /// version of the tenant it was read under.
     async fn in_memory(&self, id: TenantId) -> Option<Arc<CachedContext>> {
-        let (ctx, seen) = self.local.get(&id)?;
-        match self.store.version(id).await {
-            Ok(current) if current == seen => {
+        let entry = self.local.get(&id)?;
+        let current = match self.store.epoch().await {
+            Ok(epoch) if epoch == entry.epoch.load(Ordering::Relaxed) => Ok(true),
+            // Some tenant changed since: this one, if its version moved. The epoch was read
+            // before the version, so a change after the version read moves the epoch again.
+            Ok(epoch) => self.store.version(id).await.map(|version| {
+                let same = version == entry.version;
+                if same {
+                    entry.epoch.store(epoch, Ordering::Relaxed);
+                }
+                same
+            }),
+            Err(err) => Err(err),
+        };
+        match current {
+            Ok(true) => {
                 self.local_hits.fetch_add(1, Ordering::Relaxed);
-                Some(ctx)
+                Some(entry.cached.clone())
             }
-            Ok(_) => {
-                self.local.invalidate(&id);
+            Ok(false) => {
+                self.local.invalidate(&id, Some(&entry));
                 None
             }
             Err(err) => {
                 tracing::warn!(tenant = %id, error = %err, "context cache: Redis unavailable, serving the in-process copy");
                 self.local_hits.fetch_add(1, Ordering::Relaxed);
-                Some(ctx)
+                Some(entry.cached.clone())
             }
         }
     }
@@ -181,11 +206,11 @@ impl ContextCache {
         id: TenantId,
     ) -> tenant_domain::Result<Option<Arc<CachedContext>>> {
         let generation = self.generation.load(Ordering::SeqCst);
-        let (cached, version) = match self.store.get(id).await {
+        let (epoch, cached, version) = match self.store.get(id).await {
             Ok(found) => found,
             Err(err) => {
                 tracing::warn!(tenant = %id, error = %err, "context cache: Redis unavailable, reading PostgreSQL");
-                (None, String::new())
+                (0, None, String::new())
             }
         };
         let ctx = match cached {
@@ -205,7 +230,8 @@ impl ContextCache {
             }
         };
         if !version.is_empty() && self.generation.load(Ordering::SeqCst) == generation {
-            self.local.insert(id, ctx.clone(), version);
+            let entry = Entry { cached: ctx.clone(), version, epoch: AtomicU64::new(epoch), at: Instant::now() };
+            self.local.insert(id, entry);
         }
         Ok(Some(ctx))
     }
@@ -221,7 +247,7 @@ impl ContextCache {
 
     pub fn drop_local(&self, id: TenantId) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.local.invalidate(&id);
+        self.local.invalidate(&id, None);
     }
 
     pub fn clear_local(&self) {

@@ -3,11 +3,17 @@
 //! masked — built from PostgreSQL and cached in two levels (in-process in the API, then Redis).
 //!
 //! This module builds it and owns the Redis level: `t:<id>:ctx` (JSON, expiring after
-//! `REDIS_TENANT_CONFIG_TTL`) and `t:<id>:ctxver`, a version bumped by every invalidation. A
-//! reader that loaded from PostgreSQL writes the Redis copy only if the version it saw before
+//! `REDIS_TENANT_CONFIG_TTL`), `t:<id>:ctxver`, a version bumped by every invalidation of that
+//! tenant, and `ctxepoch`, bumped by every invalidation of any tenant (in the same transaction).
+//! A reader that loaded from PostgreSQL writes the Redis copy only if the version it saw before
 //! loading is still current (compare-and-set in Lua), so a load racing a change can't put stale
 //! data back. Every invalidation is also published on `cache-invalidate`, so each API replica
 //! drops its in-process copy at once.
+//!
+//! An in-process copy remembers the epoch it was last checked under. While the epoch stands,
+//! nothing changed anywhere and the copy is current; the one read of the epoch that answers every
+//! request waiting at the time ([`ContextStore::epoch`]) is all a cached read costs. When the epoch
+//! moved, the tenant's own version says whether the change was this tenant's.
 
 use crate::tenant_config::secrets::ConfigCipher;
 use crate::tenant_config::store as config_store;
@@ -17,6 +23,9 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -106,86 +115,99 @@ pub struct ContextStore {
     prefix: String,
     ttl_secs: u64,
     cas: redis::Script,
-    /// The batcher of version reads, when a runtime was there to run it.
-    versions: Option<tokio::sync::mpsc::UnboundedSender<VersionRead>>,
+    /// The shared reads of the epoch, when a runtime was there to run their reader.
+    rounds: Option<Arc<RoundsHandle>>,
 }
 
-/// A version key to read and where its value goes.
-type VersionRead = (String, tokio::sync::oneshot::Sender<std::result::Result<Option<String>, String>>);
+/// Reads of the epoch in rounds: every request that waits while no read is under way is answered
+/// by the next one, so the epoch costs one `GET` per round trip, not one per request, and no
+/// allocation per request. A request waits for the round that was next when it arrived, which is
+/// sent after it arrived: the very next read after a change sees the change, as with a `GET` of
+/// its own.
+struct Rounds {
+    /// The round the reader sends next.
+    next: AtomicU64,
+    /// Rounds answered so far, and what the last one read.
+    last: Mutex<(u64, std::result::Result<u64, Arc<str>>)>,
+    /// Wakes the reader: somebody waits.
+    wanted: Notify,
+    /// Wakes the waiting requests: a round was answered (or the reader is gone).
+    answered: Notify,
+    /// The reader is gone (its runtime ended): requests read the epoch themselves.
+    closed: AtomicBool,
+}
 
-/// Most keys one `MGET` asks for.
-const VERSION_BATCH: usize = 256;
+/// Ends the reader with the last clone of the store.
+struct RoundsHandle {
+    rounds: Arc<Rounds>,
+    reader: tokio::task::AbortHandle,
+}
 
-/// Serves the version reads of concurrent requests with one `MGET` per batch instead of one `GET`
-/// each. Only requests queued *before* a batch is sent are in it, so every read still asks Redis
-/// after it began: the very next read after a change sees the change, as with a `GET` of its own.
-/// One batch is in flight at a time; reads arriving meanwhile form the next one.
-async fn batch_versions(mut conn: ConnectionManager, mut queue: tokio::sync::mpsc::UnboundedReceiver<VersionRead>) {
-    let mut batch: Vec<VersionRead> = Vec::with_capacity(64);
-    while let Some(first) = queue.recv().await {
-        batch.push(first);
-        while batch.len() < VERSION_BATCH {
-            match queue.try_recv() {
-                Ok(read) => batch.push(read),
-                Err(_) => break,
-            }
-        }
-        let mut mget = redis::cmd("MGET");
-        for (key, _) in &batch {
-            mget.arg(key);
-        }
-        match mget.query_async::<Vec<Option<String>>>(&mut conn).await {
-            Ok(values) if values.len() == batch.len() => {
-                for ((_, reply), value) in batch.drain(..).zip(values) {
-                    let _ = reply.send(Ok(value));
-                }
-            }
-            Ok(_) => batch.drain(..).for_each(|(_, reply)| drop(reply.send(Err("MGET answered a wrong count".into())))),
-            Err(err) => {
-                let message = err.to_string();
-                batch.drain(..).for_each(|(_, reply)| drop(reply.send(Err(message.clone()))));
-            }
-        }
+impl Drop for RoundsHandle {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Marks the rounds closed and wakes everyone waiting, however the reader ends.
+struct CloseOnDrop(Arc<Rounds>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::SeqCst);
+        self.0.answered.notify_waiters();
+    }
+}
+
+async fn read_rounds(mut conn: ConnectionManager, key: String, rounds: Arc<Rounds>) {
+    let _closed = CloseOnDrop(rounds.clone());
+    loop {
+        rounds.wanted.notified().await;
+        // One turn of the scheduler first: the requests already ready to run get into this round.
+        tokio::task::yield_now().await;
+        let round = rounds.next.fetch_add(1, Ordering::SeqCst);
+        let read: redis::RedisResult<Option<u64>> = redis::cmd("GET").arg(&key).query_async(&mut conn).await;
+        let result = read.map(Option::unwrap_or_default).map_err(|err| Arc::from(err.to_string()));
+        *rounds.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (round + 1, result);
+        rounds.answered.notify_waiters();
     }
 }
 
 impl ContextStore {
-    /// A store for writers and invalidators; its version reads are single `GET`s.
+    /// A store for writers and invalidators; its epoch reads are single `GET`s.
     pub fn new(config: &Config, conn: ConnectionManager) -> Self {
         Self {
             conn,
             prefix: config.redis_key_prefix.clone(),
             ttl_secs: config.tenant_config_ttl.as_secs().max(1),
             cas: redis::Script::new(CAS_SET),
-            versions: None,
+            rounds: None,
         }
     }
 
-    /// For the cache that reads on every request: version reads go through a batcher task
-    /// (spawned here, inside a Tokio runtime; it ends with the last clone of this store).
-    pub fn batching_versions(mut self) -> Self {
-        self.versions = tokio::runtime::Handle::try_current().ok().map(|runtime| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            runtime.spawn(batch_versions(self.conn.clone(), rx));
-            tx
+    /// For the cache that reads on every request: epoch reads are shared in rounds by a reader
+    /// task (spawned here, inside a Tokio runtime; it ends with the last clone of this store).
+    pub fn reading_in_rounds(mut self) -> Self {
+        self.rounds = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let rounds = Arc::new(Rounds {
+                next: AtomicU64::new(0),
+                last: Mutex::new((0, Ok(0))),
+                wanted: Notify::new(),
+                answered: Notify::new(),
+                closed: AtomicBool::new(false),
+            });
+            let reader = runtime.spawn(read_rounds(self.conn.clone(), self.epoch_key(), rounds.clone()));
+            Arc::new(RoundsHandle { rounds, reader: reader.abort_handle() })
         });
         self
     }
 
     fn keys(&self, id: TenantId) -> (String, String) {
-        (format!("{}t:{id}:ctx", self.prefix), self.version_key(id))
+        (format!("{}t:{id}:ctx", self.prefix), format!("{}t:{id}:ctxver", self.prefix))
     }
 
-    /// `<prefix>t:<tenant>:ctxver`, read on every context request: written without `core::fmt`.
-    fn version_key(&self, id: TenantId) -> String {
-        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let id = id.0.hyphenated().encode_lower(&mut text);
-        let mut key = String::with_capacity(self.prefix.len() + id.len() + 10);
-        key.push_str(&self.prefix);
-        key.push_str("t:");
-        key.push_str(id);
-        key.push_str(":ctxver");
-        key
+    fn epoch_key(&self) -> String {
+        format!("{}ctxepoch", self.prefix)
     }
 
     /// The pub/sub channel every replica listens on.
@@ -193,33 +215,53 @@ impl ContextStore {
         format!("{prefix}cache-invalidate")
     }
 
-    /// The cached context (if any) and the version to write a fresh one under.
-    pub async fn get(&self, id: TenantId) -> redis::RedisResult<(Option<TenantContext>, String)> {
+    /// The epoch, the cached context (if any) and the version to write a fresh one under. The
+    /// epoch is read first: a change after it moves it, so a copy checked under it is rechecked.
+    pub async fn get(&self, id: TenantId) -> redis::RedisResult<(u64, Option<TenantContext>, String)> {
         let (ctx_key, ver_key) = self.keys(id);
         let mut conn = self.conn.clone();
-        let (raw, version): (Option<String>, Option<String>) =
-            redis::pipe().get(&ctx_key).get(&ver_key).query_async(&mut conn).await?;
+        let (epoch, raw, version): (Option<u64>, Option<String>, Option<String>) =
+            redis::pipe().get(self.epoch_key()).get(&ctx_key).get(&ver_key).query_async(&mut conn).await?;
         let ctx = raw.and_then(|r| serde_json::from_str(&r).ok());
-        Ok((ctx, version.unwrap_or_else(|| "0".into())))
+        Ok((epoch.unwrap_or_default(), ctx, version.unwrap_or_else(|| "0".into())))
     }
 
-    /// The tenant's current context version (bumped by every invalidation).
-    pub async fn version(&self, id: TenantId) -> redis::RedisResult<String> {
-        let mut ver_key = self.version_key(id);
-        if let Some(versions) = &self.versions {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            match versions.send((ver_key, reply)) {
-                Ok(()) => {
-                    return match answer.await {
-                        Ok(Ok(version)) => Ok(version.unwrap_or_else(|| "0".into())),
-                        Ok(Err(message)) => Err((redis::ErrorKind::Io, "context version read failed", message).into()),
-                        Err(_) => Err((redis::ErrorKind::Io, "context version batcher stopped").into()),
-                    };
+    /// The epoch (bumped by every invalidation of any tenant), read after this call began.
+    pub async fn epoch(&self) -> redis::RedisResult<u64> {
+        let Some(handle) = &self.rounds else { return self.read_epoch().await };
+        let rounds = &handle.rounds;
+        let round = rounds.next.load(Ordering::SeqCst);
+        rounds.wanted.notify_one();
+        let answered = rounds.answered.notified();
+        tokio::pin!(answered);
+        loop {
+            // Registered before looking, so an answer between the look and the wait still wakes us.
+            answered.as_mut().enable();
+            {
+                let last = rounds.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if last.0 > round {
+                    return last.1.clone().map_err(|message| {
+                        (redis::ErrorKind::Io, "context epoch read failed", message.to_string()).into()
+                    });
                 }
-                // The batcher is gone (its runtime ended): a `GET` of our own.
-                Err(tokio::sync::mpsc::error::SendError((key, _))) => ver_key = key,
             }
+            if rounds.closed.load(Ordering::SeqCst) {
+                return self.read_epoch().await;
+            }
+            answered.as_mut().await;
+            answered.set(rounds.answered.notified());
         }
+    }
+
+    async fn read_epoch(&self) -> redis::RedisResult<u64> {
+        let mut conn = self.conn.clone();
+        let epoch: Option<u64> = redis::cmd("GET").arg(self.epoch_key()).query_async(&mut conn).await?;
+        Ok(epoch.unwrap_or_default())
+    }
+
+    /// The tenant's current context version (bumped by every invalidation of it).
+    pub async fn version(&self, id: TenantId) -> redis::RedisResult<String> {
+        let (_, ver_key) = self.keys(id);
         let mut conn = self.conn.clone();
         let version: Option<String> = redis::cmd("GET").arg(ver_key).query_async(&mut conn).await?;
         Ok(version.unwrap_or_else(|| "0".into()))
@@ -242,14 +284,16 @@ impl ContextStore {
         Ok(stored == 1)
     }
 
-    /// Drops the tenant's cached context everywhere: bumps its version, deletes the Redis copy,
-    /// and tells every replica to drop its in-process copy.
+    /// Drops the tenant's cached context everywhere: bumps its version and the epoch, deletes the
+    /// Redis copy, and tells every replica to drop its in-process copy.
     pub async fn invalidate(&self, id: TenantId) -> redis::RedisResult<()> {
         let (ctx_key, ver_key) = self.keys(id);
         let mut conn = self.conn.clone();
         redis::pipe()
             .atomic()
             .incr(&ver_key, 1)
+            .ignore()
+            .incr(self.epoch_key(), 1)
             .ignore()
             .cmd("EXPIRE")
             .arg(&ver_key)

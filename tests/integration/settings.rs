@@ -279,6 +279,52 @@ async fn a_change_through_one_replica_is_seen_through_another_on_the_next_read()
     assert!((reported - rate).abs() < 1e-6, "health says {reported}, metrics {rate}");
 }
 
+/// The other replica's context cache lookups so far: (memory, redis, miss).
+async fn lookups(client: &reqwest::Client, base: &str) -> (u64, u64, u64) {
+    let metrics = client.get(format!("{base}/metrics")).send().await.expect("sent").text().await.expect("text");
+    let count = |result: &str| {
+        let series = format!("tenant_config_cache_lookups{{result=\"{result}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(series.as_str())).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    (count("memory"), count("redis"), count("miss"))
+}
+
+#[tokio::test]
+async fn a_change_to_one_tenant_leaves_the_other_tenants_copies_in_memory() {
+    let app = TestApp::spawn().await;
+    let other = app.spawn_api_process(API).await;
+    let token = app.admin_token();
+    let changed = tenant(&app, "epoch-changed", "pro").await;
+    let kept = tenant(&app, "epoch-kept", "pro").await;
+    let kept_path = format!("/internal/tenants/{}/context", kept.id);
+    let changed_path = format!("/internal/tenants/{}/context", changed.id);
+    for path in [&kept_path, &changed_path, &kept_path] {
+        assert_eq!(internal_get(&app.client, &other.base, path).await.0, StatusCode::OK);
+    }
+    let (memory, redis, miss) = lookups(&app.client, &other.base).await;
+    assert!(memory >= 1, "the second read of a context is served from memory");
+
+    let (status, _) = put_config(&app, &token, &changed, json!({ "branding": { "companyName": "Moved" } })).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, ctx) = internal_get(&app.client, &other.base, &changed_path).await;
+    assert_eq!(ctx["data"]["config"]["branding"]["companyName"], json!("Moved"));
+    let before = lookups(&app.client, &other.base).await;
+    let (_, ctx) = internal_get(&app.client, &other.base, &kept_path).await;
+    assert_eq!(ctx["data"]["config"]["branding"]["companyName"], json!(""));
+    let after = lookups(&app.client, &other.base).await;
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1, after.2 - before.2),
+        (1, 0, 0),
+        "the unchanged tenant's copy is still served from memory (before the change: {memory} {redis} {miss})"
+    );
+
+    // and that copy, checked again under the new epoch, still gives way to its own change
+    let (status, _) = put_config(&app, &token, &kept, json!({ "branding": { "companyName": "Kept" } })).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, ctx) = internal_get(&app.client, &other.base, &kept_path).await;
+    assert_eq!(ctx["data"]["config"]["branding"]["companyName"], json!("Kept"));
+}
+
 #[tokio::test]
 async fn the_audit_log_is_the_tenants_own() {
     let app = TestApp::spawn().await;
