@@ -162,23 +162,24 @@ fn new_request_id() -> HeaderValue {
 // `tenant_id` is filled in once the request is authorized for a tenant (the `access` gate),
 // `service` once an internal call's service token is (the `ServiceCaller` extractor).
 fn make_span(request: &Request, hot: bool, request_id: &HeaderValue) -> Span {
+    // tracing wants a constant level at each call site: one field list, two sites.
+    macro_rules! http_span {
+        ($level:expr) => {
+            tracing::span!(
+                $level,
+                "http",
+                method = %request.method(),
+                path = %request.uri().path(),
+                request_id = request_id.to_str().unwrap_or("-"),
+                tenant_id = tracing::field::Empty,
+                service = tracing::field::Empty
+            )
+        };
+    }
     if hot {
         // Disabled at the default level: no fields are formatted, nothing is allocated.
-        return tracing::debug_span!(
-            "http",
-            method = %request.method(),
-            path = %request.uri().path(),
-            request_id = request_id.to_str().unwrap_or("-"),
-            tenant_id = tracing::field::Empty,
-            service = tracing::field::Empty
-        );
+        http_span!(tracing::Level::DEBUG)
+    } else {
+        http_span!(tracing::Level::INFO)
     }
-    tracing::info_span!(
-        "http",
-        method = %request.method(),
-        path = %request.uri().path(),
-        request_id = request_id.to_str().unwrap_or("-"),
-        tenant_id = tracing::field::Empty,
-        service = tracing::field::Empty
-    )
 }
